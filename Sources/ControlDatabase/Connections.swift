@@ -1,0 +1,34 @@
+import Logging
+import NIOPosix
+import PostgresNIO
+
+extension DatabaseURL {
+    /// Opens one dedicated connection, mapping any failure to a one-line ``DatabaseError``.
+    public func connect(logger: Logger, id: Int = 0) async throws(DatabaseError) -> PostgresConnection {
+        do {
+            return try await PostgresConnection.connect(
+                on: MultiThreadedEventLoopGroup.singleton.any(),
+                configuration: try connectionConfiguration(),
+                id: id,
+                logger: logger)
+        } catch {
+            throw DatabaseError(connecting: self, error: error)
+        }
+    }
+
+    /// Runs `body` with a fresh connection and closes it afterwards, whatever happens.
+    public func withConnection<Result: Sendable>(
+        logger: Logger,
+        _ body: (PostgresConnection) async throws -> Result
+    ) async throws -> Result {
+        let connection = try await connect(logger: logger)
+        do {
+            let result = try await body(connection)
+            try? await connection.close()
+            return result
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+    }
+}

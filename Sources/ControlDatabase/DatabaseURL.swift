@@ -1,0 +1,219 @@
+import Foundation
+import NIOSSL
+import PostgresNIO
+
+/// A parsed `postgres://` connection URL.
+///
+/// Accepted form: `postgres[ql]://user[:password]@host[:port][/database][?param=value&…]`
+/// with the parameters `sslmode` (`disable`, `prefer` (default), `require`, `verify-ca`,
+/// `verify-full`), `application_name` and `connect_timeout` (seconds). Anything else is
+/// refused with a ``DatabaseURL/ParseError`` rather than silently ignored.
+///
+/// `description` never shows the password, so a `DatabaseURL` is safe to log.
+public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
+    /// How to use TLS towards the server, with libpq's names and meanings.
+    public enum SSLMode: String, Sendable, CaseIterable {
+        case disable
+        case prefer
+        case require
+        case verifyCA = "verify-ca"
+        case verifyFull = "verify-full"
+    }
+
+    public var host: String
+    public var port: Int
+    public var user: String
+    public var password: String?
+    public var database: String
+    public var sslMode: SSLMode
+    public var applicationName: String?
+    /// Seconds to wait for the TCP connection and the start-up handshake.
+    public var connectTimeout: Int
+
+    /// Why a URL was refused. The message quotes no password.
+    public struct ParseError: Error, Sendable, Equatable, CustomStringConvertible {
+        public var message: String
+        public var description: String { message }
+    }
+
+    public init(
+        host: String,
+        port: Int = 5432,
+        user: String,
+        password: String? = nil,
+        database: String,
+        sslMode: SSLMode = .prefer,
+        applicationName: String? = nil,
+        connectTimeout: Int = 10
+    ) {
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.database = database
+        self.sslMode = sslMode
+        self.applicationName = applicationName
+        self.connectTimeout = connectTimeout
+    }
+
+    /// Parses `string`; the error names what is wrong without repeating the secret parts.
+    public init(parsing string: String) throws(ParseError) {
+        let trimmed = string.trimmingCharacters(in: .whitespaces)
+        guard !trimmed.isEmpty else {
+            throw ParseError(message: "the database URL is empty")
+        }
+        guard let schemeEnd = trimmed.range(of: "://") else {
+            throw ParseError(message: "the database URL must start with postgres:// (expected postgres://user[:password]@host[:port]/database)")
+        }
+        let scheme = trimmed[..<schemeEnd.lowerBound].lowercased()
+        guard scheme == "postgres" || scheme == "postgresql" else {
+            throw ParseError(message: "the database URL has scheme '\(scheme)'; expected postgres:// or postgresql://")
+        }
+        guard let components = URLComponents(string: trimmed) else {
+            throw ParseError(message: "the database URL is not a valid URL (check for unescaped characters; escape '@', ':' and '/' in the password as %40, %3A and %2F)")
+        }
+        guard var host = components.host, !host.isEmpty else {
+            throw ParseError(message: "the database URL names no host (expected postgres://user[:password]@host[:port]/database)")
+        }
+        if host.hasPrefix("["), host.hasSuffix("]") {
+            host = String(host.dropFirst().dropLast())
+        }
+        // URLComponents traps on some out-of-range ports, so read the port text ourselves.
+        var port = 5432
+        if let portRange = components.rangeOfPort {
+            let portText = trimmed[portRange]
+            guard let value = Int(portText), (1...65535).contains(value) else {
+                throw ParseError(message: "the database URL has port '\(portText)'; expected a number from 1 to 65535")
+            }
+            port = value
+        }
+        guard let user = components.percentEncodedUser?.removingPercentEncoding, !user.isEmpty else {
+            throw ParseError(message: "the database URL names no user (expected postgres://user[:password]@host[:port]/database)")
+        }
+        let password = components.percentEncodedPassword?.removingPercentEncoding
+        var database = components.percentEncodedPath
+        if database.hasPrefix("/") { database.removeFirst() }
+        database = database.removingPercentEncoding ?? database
+        if database.contains("/") {
+            throw ParseError(message: "the database URL's path must be a single database name, got '\(database)'")
+        }
+        if database.isEmpty { database = user }
+
+        var sslMode = SSLMode.prefer
+        var applicationName: String?
+        var connectTimeout = 10
+        for item in components.queryItems ?? [] {
+            let value = item.value ?? ""
+            switch item.name {
+            case "sslmode":
+                guard let mode = SSLMode(rawValue: value) else {
+                    let allowed = SSLMode.allCases.map(\.rawValue).joined(separator: ", ")
+                    throw ParseError(message: "the database URL has sslmode '\(value)'; expected one of \(allowed)")
+                }
+                sslMode = mode
+            case "application_name":
+                applicationName = value
+            case "connect_timeout":
+                guard let seconds = Int(value), seconds > 0 else {
+                    throw ParseError(message: "the database URL has connect_timeout '\(value)'; expected a positive number of seconds")
+                }
+                connectTimeout = seconds
+            default:
+                throw ParseError(message: "the database URL has unsupported parameter '\(item.name)' (supported: sslmode, application_name, connect_timeout)")
+            }
+        }
+        self.init(
+            host: host, port: port, user: user, password: password, database: database,
+            sslMode: sslMode, applicationName: applicationName, connectTimeout: connectTimeout)
+    }
+
+    /// Host and port as one would type them, with IPv6 addresses bracketed.
+    public var endpoint: String {
+        host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+
+    /// The URL with the password replaced by `***`: safe for logs and error messages.
+    public var description: String {
+        render(password: password == nil ? nil : "***")
+    }
+
+    /// The full URL including the password, for handing to a child process. Never log it.
+    public var secretURLString: String {
+        render(password: password.map(Self.escape))
+    }
+
+    /// The same server, another database.
+    public func with(database: String) -> DatabaseURL {
+        var copy = self
+        copy.database = database
+        return copy
+    }
+
+    private func render(password: String?) -> String {
+        var text = "postgres://\(Self.escape(user))"
+        if let password { text += ":\(password)" }
+        text += "@\(endpoint)/\(Self.escape(database))"
+        var params: [String] = []
+        if sslMode != .prefer { params.append("sslmode=\(sslMode.rawValue)") }
+        if let applicationName { params.append("application_name=\(Self.escape(applicationName))") }
+        if connectTimeout != 10 { params.append("connect_timeout=\(connectTimeout)") }
+        if !params.isEmpty { text += "?" + params.joined(separator: "&") }
+        return text
+    }
+
+    private static func escape(_ part: String) -> String {
+        var allowed = CharacterSet.alphanumerics
+        allowed.insert(charactersIn: "-._~")
+        return part.addingPercentEncoding(withAllowedCharacters: allowed) ?? part
+    }
+
+    /// The PostgresNIO configuration for this URL.
+    public func connectionConfiguration() throws -> PostgresConnection.Configuration {
+        var configuration = PostgresConnection.Configuration(
+            host: host, port: port, username: user, password: password,
+            database: database, tls: try tls())
+        configuration.options.connectTimeout = .seconds(Int64(connectTimeout))
+        if let applicationName {
+            configuration.options.additionalStartupParameters.append(("application_name", applicationName))
+        }
+        return configuration
+    }
+
+    /// The PostgresNIO pool configuration for this URL.
+    public func clientConfiguration() -> PostgresClient.Configuration {
+        var configuration = PostgresClient.Configuration(
+            host: host, port: port, username: user, password: password,
+            database: database, tls: clientTLS())
+        configuration.options.connectTimeout = .seconds(connectTimeout)
+        if let applicationName {
+            configuration.options.additionalStartupParameters.append(("application_name", applicationName))
+        }
+        return configuration
+    }
+
+    private func tlsConfiguration() -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        switch sslMode {
+        case .disable, .prefer, .require: tls.certificateVerification = .none
+        case .verifyCA: tls.certificateVerification = .noHostnameVerification
+        case .verifyFull: tls.certificateVerification = .fullVerification
+        }
+        return tls
+    }
+
+    private func tls() throws -> PostgresConnection.Configuration.TLS {
+        switch sslMode {
+        case .disable: return .disable
+        case .prefer: return .prefer(try NIOSSLContext(configuration: tlsConfiguration()))
+        case .require, .verifyCA, .verifyFull: return .require(try NIOSSLContext(configuration: tlsConfiguration()))
+        }
+    }
+
+    private func clientTLS() -> PostgresClient.Configuration.TLS {
+        switch sslMode {
+        case .disable: return .disable
+        case .prefer: return .prefer(tlsConfiguration())
+        case .require, .verifyCA, .verifyFull: return .require(tlsConfiguration())
+        }
+    }
+}

@@ -1,0 +1,88 @@
+import Logging
+import PostgresNIO
+
+/// A named lease held in a table row: an owner and an expiry computed by the database clock.
+///
+/// Unlike a session advisory lock it keeps working behind a transaction-pooling PgBouncer,
+/// and a holder that dies simply stops renewing: the lease expires and another owner takes it.
+/// The table needs the columns `name` (primary key), `owner`, `acquired_at`, `renewed_at`
+/// and `expires_at`.
+public struct LeaseLock: Sendable {
+    /// What an acquisition attempt found.
+    public enum Attempt: Sendable, Equatable {
+        case acquired
+        /// Someone else holds the lease for about `expiresIn` more seconds.
+        case heldBy(owner: String, expiresIn: Double)
+    }
+
+    /// The table, a trusted identifier from Ferry's own code.
+    public let table: String
+    public let name: String
+    public let owner: String
+    public let duration: Duration
+
+    public init(table: String, name: String, owner: String, duration: Duration) {
+        precondition(table.allSatisfy { $0.isLetter || $0 == "_" }, "lease table must be a plain identifier")
+        self.table = table
+        self.name = name
+        self.owner = owner
+        self.duration = duration
+    }
+
+    private var durationMilliseconds: Int {
+        Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
+    }
+
+    /// Takes the lease if it is free, expired, or already ours (which renews it).
+    public func tryAcquire(on connection: PostgresConnection, logger: Logger) async throws -> Attempt {
+        var binds = PostgresBindings()
+        binds.append(name)
+        binds.append(owner)
+        binds.append(durationMilliseconds)
+        let rows = try await connection.query(PostgresQuery(unsafeSQL: """
+            INSERT INTO \(table) AS lease (name, owner, acquired_at, renewed_at, expires_at)
+            VALUES ($1, $2, now(), now(), now() + $3 * interval '1 millisecond')
+            ON CONFLICT (name) DO UPDATE
+               SET owner = EXCLUDED.owner, acquired_at = now(), renewed_at = now(), expires_at = EXCLUDED.expires_at
+             WHERE lease.expires_at < now() OR lease.owner = EXCLUDED.owner
+            RETURNING owner
+            """, binds: binds), logger: logger)
+        for try await _ in rows { return .acquired }
+
+        var holderBinds = PostgresBindings()
+        holderBinds.append(name)
+        let holder = try await connection.query(PostgresQuery(unsafeSQL: """
+            SELECT owner, extract(epoch FROM expires_at - now())::float8 FROM \(table) WHERE name = $1
+            """, binds: holderBinds), logger: logger)
+        for try await (holderOwner, expiresIn) in holder.decode((String, Double).self) {
+            return .heldBy(owner: holderOwner, expiresIn: expiresIn)
+        }
+        // Released between the two statements: report it as free-but-not-ours; callers retry.
+        return .heldBy(owner: "", expiresIn: 0)
+    }
+
+    /// Extends the lease if we still hold it; `false` means it was lost.
+    public func renew(on connection: PostgresConnection, logger: Logger) async throws -> Bool {
+        var binds = PostgresBindings()
+        binds.append(name)
+        binds.append(owner)
+        binds.append(durationMilliseconds)
+        let rows = try await connection.query(PostgresQuery(unsafeSQL: """
+            UPDATE \(table) SET renewed_at = now(), expires_at = now() + $3 * interval '1 millisecond'
+             WHERE name = $1 AND owner = $2 AND expires_at >= now()
+            RETURNING owner
+            """, binds: binds), logger: logger)
+        for try await _ in rows { return true }
+        return false
+    }
+
+    /// Gives the lease up, only if it is still ours.
+    public func release(on connection: PostgresConnection, logger: Logger) async throws {
+        var binds = PostgresBindings()
+        binds.append(name)
+        binds.append(owner)
+        try await connection.query(PostgresQuery(unsafeSQL: """
+            DELETE FROM \(table) WHERE name = $1 AND owner = $2
+            """, binds: binds), logger: logger)
+    }
+}

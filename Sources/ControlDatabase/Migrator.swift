@@ -1,0 +1,366 @@
+import Foundation
+import Logging
+import PostgresNIO
+
+/// Why migrations stopped. Every case reads as one line and names the migration.
+public struct MigrationError: Error, Sendable, CustomStringConvertible {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private let name: String
+        private init(_ name: String) { self.name = name }
+        public var description: String { name }
+        /// An applied migration's file changed since it was applied.
+        public static let checksumMismatch = Code("checksumMismatch")
+        /// The database has versions this binary does not know.
+        public static let databaseNewer = Code("databaseNewer")
+        /// The migration lease could not be renewed, so work under it stopped.
+        public static let leaseLost = Code("leaseLost")
+        /// A statement failed, or the database went away.
+        public static let failed = Code("failed")
+    }
+
+    public var code: Code
+    public var message: String
+    public var description: String { message }
+}
+
+/// Brings a control database up to the schema of a ``MigrationSet``, safely from any number
+/// of processes at once, directly or through a transaction-pooling PgBouncer.
+///
+/// - A transactional migration runs in its own transaction, which first takes a
+///   transaction-scoped advisory lock and then re-checks whether the migration is applied.
+///   Transaction-scoped locks end with the transaction, so a pooler that hands the next
+///   transaction to another server connection cannot strand or split them.
+/// - A migration marked `-- ferry:no-transaction` runs under a lease row
+///   (``LeaseLock``), heartbeated from a second connection; if the lease cannot be renewed
+///   the work is stopped by closing its connection.
+/// - Before writing anything the runner compares the database's recorded versions with its
+///   own: a changed checksum or an unknown (newer) version stops it with ``MigrationError``.
+public struct Migrator: Sendable {
+    /// The table recording applied migrations, one row per version.
+    public static let versionTable = "ferry_schema_migrations"
+    /// The lease row table for non-transactional migrations.
+    public static let leaseTable = "ferry_migration_lease"
+    /// Advisory lock keys (two int4 form): "FERY" and the migrations slot.
+    static let advisoryNamespace: Int32 = 0x4645_5259
+    static let advisoryMigrations: Int32 = 1
+
+    public struct Report: Sendable, Equatable {
+        /// Migrations this process applied.
+        public var applied: [String] = []
+        /// Migrations found already applied (by this or another process).
+        public var alreadyApplied: [String] = []
+    }
+
+    public let url: DatabaseURL
+    public let migrations: MigrationSet
+    /// Names this process in the lease and the version table.
+    public let owner: String
+    public let leaseDuration: Duration
+    public let logger: Logger
+
+    public init(
+        url: DatabaseURL,
+        migrations: MigrationSet,
+        owner: String = Migrator.defaultOwner(),
+        leaseDuration: Duration = .seconds(30),
+        logger: Logger
+    ) {
+        self.url = url
+        self.migrations = migrations
+        self.owner = owner
+        self.leaseDuration = leaseDuration
+        self.logger = logger
+    }
+
+    /// `host:pid:random`, unique per process run.
+    public static func defaultOwner() -> String {
+        "\(ProcessInfo.processInfo.hostName):\(getpid()):\(UUID().uuidString.prefix(8).lowercased())"
+    }
+
+    /// Applies what is missing. Throws ``DatabaseError`` when the database cannot be reached
+    /// and ``MigrationError`` when the schema must not or could not be changed.
+    @discardableResult
+    public func run() async throws -> Report {
+        try await url.withConnection(logger: logger) { connection in
+            try await run(on: connection)
+        }
+    }
+
+    private func run(on connection: PostgresConnection) async throws -> Report {
+        // Refuse a drifted or newer database before touching anything.
+        if try await versionTableExists(connection) {
+            try verify(applied: try await appliedVersions(connection))
+        } else {
+            try await createBookkeepingTables(connection)
+        }
+
+        var report = Report()
+        for migration in migrations.migrations {
+            if let checksum = try await appliedChecksum(of: migration, connection) {
+                try verify(migration, appliedChecksum: checksum)
+                report.alreadyApplied.append(migration.id)
+                continue
+            }
+            let appliedHere = migration.isTransactional
+                ? try await applyInTransaction(migration, connection)
+                : try await applyUnderLease(migration, connection)
+            if appliedHere {
+                report.applied.append(migration.id)
+            } else {
+                report.alreadyApplied.append(migration.id)
+            }
+        }
+        return report
+    }
+
+    // MARK: Bookkeeping
+
+    private func versionTableExists(_ connection: PostgresConnection) async throws -> Bool {
+        let rows = try await query(connection, "checking for \(Self.versionTable)",
+            "SELECT to_regclass('\(Self.versionTable)') IS NOT NULL")
+        for try await exists in rows.decode(Bool.self) { return exists }
+        return false
+    }
+
+    /// Creates the version and lease tables. Two processes running `CREATE TABLE IF NOT
+    /// EXISTS` at once can both miss the other's uncommitted table and collide on the
+    /// catalog's unique index (SQLSTATE 23505); the advisory lock serializes them, and a
+    /// collision that slips through anyway is retried, by which time the table is visible.
+    private func createBookkeepingTables(_ connection: PostgresConnection) async throws {
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                try await connection.withTransaction(logger: logger) { transaction in
+                    try await transaction.query("SELECT pg_advisory_xact_lock(\(Self.advisoryNamespace), \(Self.advisoryMigrations))", logger: logger)
+                    try await transaction.query(PostgresQuery(unsafeSQL: """
+                        CREATE TABLE IF NOT EXISTS \(Self.versionTable) (
+                            version      integer PRIMARY KEY,
+                            name         text NOT NULL,
+                            checksum     text NOT NULL,
+                            applied_at   timestamptz NOT NULL DEFAULT now(),
+                            applied_by   text NOT NULL,
+                            duration_ms  integer NOT NULL
+                        )
+                        """), logger: logger)
+                    try await transaction.query(PostgresQuery(unsafeSQL: """
+                        CREATE TABLE IF NOT EXISTS \(Self.leaseTable) (
+                            name         text PRIMARY KEY,
+                            owner        text NOT NULL,
+                            acquired_at  timestamptz NOT NULL DEFAULT now(),
+                            renewed_at   timestamptz NOT NULL DEFAULT now(),
+                            expires_at   timestamptz NOT NULL
+                        )
+                        """), logger: logger)
+                }
+                return
+            } catch {
+                let state = DatabaseError.sqlState(of: error)
+                let raced = state == "23505" || state == "42P07" || state == "42710"
+                if raced, attempt < 5 {
+                    logger.debug("concurrent creation of the version table, retrying", metadata: ["sqlstate": "\(state ?? "")"])
+                    continue
+                }
+                throw MigrationError(code: .failed, message: DatabaseError(running: "creating \(Self.versionTable)", error: Self.innermost(error)).message)
+            }
+        }
+    }
+
+    private func appliedVersions(_ connection: PostgresConnection) async throws -> [(version: Int, name: String, checksum: String)] {
+        let rows = try await query(connection, "reading \(Self.versionTable)",
+            "SELECT version, name, checksum FROM \(Self.versionTable) ORDER BY version")
+        var result: [(Int, String, String)] = []
+        for try await row in rows.decode((Int, String, String).self) { result.append(row) }
+        return result
+    }
+
+    private func appliedChecksum(of migration: Migration, _ connection: PostgresConnection) async throws -> String? {
+        let rows = try await query(connection, "reading \(Self.versionTable)",
+            "SELECT checksum FROM \(Self.versionTable) WHERE version = \(migration.version)")
+        for try await checksum in rows.decode(String.self) { return checksum }
+        return nil
+    }
+
+    private func verify(applied: [(version: Int, name: String, checksum: String)]) throws {
+        let known = Dictionary(uniqueKeysWithValues: migrations.migrations.map { ($0.version, $0) })
+        let unknown = applied.filter { known[$0.version] == nil }
+        if !unknown.isEmpty {
+            let names = unknown.map { String(format: "%04d_%@", $0.version, $0.name) }.joined(separator: ", ")
+            throw MigrationError(code: .databaseNewer, message:
+                "the control database has migrations this ferryd does not know (\(names)); it was migrated by a newer ferryd (this one knows up to version \(migrations.latestVersion)): upgrade ferryd, nothing was changed")
+        }
+        for row in applied {
+            if let migration = known[row.version] { try verify(migration, appliedChecksum: row.checksum) }
+        }
+    }
+
+    private func verify(_ migration: Migration, appliedChecksum: String) throws {
+        guard appliedChecksum == migration.checksum else {
+            throw MigrationError(code: .checksumMismatch, message:
+                "migration \(migration.id) was changed after it was applied (applied checksum \(appliedChecksum.prefix(12)), file checksum \(migration.checksum.prefix(12))); restore the original file and add a new migration instead, nothing was changed")
+        }
+    }
+
+    // MARK: Applying
+
+    /// Returns `false` when another process applied it while we waited for the lock.
+    private func applyInTransaction(_ migration: Migration, _ connection: PostgresConnection) async throws -> Bool {
+        let statements = try statements(of: migration)
+        let started = ContinuousClock.now
+        do {
+            return try await connection.withTransaction(logger: logger) { transaction in
+                try await transaction.query("SELECT pg_advisory_xact_lock(\(Self.advisoryNamespace), \(Self.advisoryMigrations))", logger: logger)
+                if let checksum = try await appliedChecksum(of: migration, transaction) {
+                    try verify(migration, appliedChecksum: checksum)
+                    return false
+                }
+                for statement in statements {
+                    try await transaction.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                }
+                try await record(migration, started: started, transaction)
+                logger.info("applied migration", metadata: ["migration": "\(migration.id)", "mode": "transaction"])
+                return true
+            }
+        } catch {
+            throw Self.failure(of: migration, error: error)
+        }
+    }
+
+    /// Runs a non-transactional migration under the lease; `false` when someone else did it.
+    private func applyUnderLease(_ migration: Migration, _ connection: PostgresConnection) async throws -> Bool {
+        let statements = try statements(of: migration)
+        let lease = LeaseLock(table: Self.leaseTable, name: "migrations", owner: owner, duration: leaseDuration)
+        try await acquire(lease, for: migration, connection)
+
+        do {
+            // The heartbeat needs its own connection: the worker's is busy with long statements.
+            let applied = try await url.withConnection(logger: logger) { heartbeatConnection in
+                try await url.withConnection(logger: logger) { worker in
+                    try await withThrowingTaskGroup(of: Bool?.self) { group in
+                        group.addTask {
+                            try await heartbeat(lease, on: heartbeatConnection, stopping: worker)
+                            return nil
+                        }
+                        group.addTask {
+                            if let checksum = try await appliedChecksum(of: migration, worker) {
+                                try verify(migration, appliedChecksum: checksum)
+                                return false
+                            }
+                            let started = ContinuousClock.now
+                            for statement in statements {
+                                try await worker.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                            }
+                            try await recordUnderLease(migration, lease, started: started, worker)
+                            logger.info("applied migration", metadata: ["migration": "\(migration.id)", "mode": "lease"])
+                            return true
+                        }
+                        // The first child to finish decides: the work's result, or the heartbeat's error.
+                        let first = try await group.next()!
+                        group.cancelAll()
+                        return first ?? false
+                    }
+                }
+            }
+            try? await lease.release(on: connection, logger: logger)
+            return applied
+        } catch {
+            try? await lease.release(on: connection, logger: logger)
+            throw Self.failure(of: migration, error: error)
+        }
+    }
+
+    private func acquire(_ lease: LeaseLock, for migration: Migration, _ connection: PostgresConnection) async throws {
+        var announced = false
+        let poll = min(Duration.seconds(1), leaseDuration / 4)
+        while true {
+            let attempt: LeaseLock.Attempt
+            do {
+                attempt = try await lease.tryAcquire(on: connection, logger: logger)
+            } catch {
+                throw Self.failure(of: migration, error: error)
+            }
+            switch attempt {
+            case .acquired:
+                return
+            case .heldBy(let holder, let expiresIn):
+                if !announced, !holder.isEmpty {
+                    logger.info("waiting for the migration lease", metadata: [
+                        "migration": "\(migration.id)", "holder": "\(holder)",
+                        "expires_in_s": "\(String(format: "%.1f", max(0, expiresIn)))",
+                    ])
+                    announced = true
+                }
+                try await Task.sleep(for: poll)
+            }
+        }
+    }
+
+    /// Renews every third of the lease; on failure closes the worker so its statement stops.
+    private func heartbeat(_ lease: LeaseLock, on connection: PostgresConnection, stopping worker: PostgresConnection) async throws {
+        while true {
+            try await Task.sleep(for: leaseDuration / 3)
+            let renewed = (try? await lease.renew(on: connection, logger: logger)) ?? false
+            if !renewed {
+                try? await worker.close()
+                throw MigrationError(code: .leaseLost, message:
+                    "lost the migration lease (could not renew it within \(leaseDuration)); stopped the non-transactional migration, which will be rerun from the top")
+            }
+        }
+    }
+
+    private func record(_ migration: Migration, started: ContinuousClock.Instant, _ connection: PostgresConnection) async throws {
+        try await connection.query("""
+            INSERT INTO ferry_schema_migrations (version, name, checksum, applied_by, duration_ms)
+            VALUES (\(migration.version), \(migration.name), \(migration.checksum), \(owner), \(Self.milliseconds(since: started)))
+            """, logger: logger)
+    }
+
+    /// Records the version only while the lease is still ours, in one statement.
+    private func recordUnderLease(_ migration: Migration, _ lease: LeaseLock, started: ContinuousClock.Instant, _ connection: PostgresConnection) async throws {
+        let rows = try await connection.query("""
+            INSERT INTO ferry_schema_migrations (version, name, checksum, applied_by, duration_ms)
+            SELECT \(migration.version), \(migration.name), \(migration.checksum), \(owner), \(Self.milliseconds(since: started))
+             WHERE EXISTS (SELECT 1 FROM ferry_migration_lease WHERE name = \(lease.name) AND owner = \(owner) AND expires_at >= now())
+            RETURNING version
+            """, logger: logger)
+        for try await _ in rows { return }
+        throw MigrationError(code: .leaseLost, message:
+            "lost the migration lease before recording \(migration.id); it will be rerun from the top")
+    }
+
+    // MARK: Helpers
+
+    private func statements(of migration: Migration) throws -> [String] {
+        do {
+            return try SQLScript.statements(in: migration.sql)
+        } catch {
+            throw MigrationError(code: .failed, message: "migration \(migration.id) cannot be parsed: \(error)")
+        }
+    }
+
+    private func query(_ connection: PostgresConnection, _ context: String, _ sql: String) async throws -> PostgresRowSequence {
+        do {
+            return try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+        } catch {
+            throw DatabaseError(running: context, error: error)
+        }
+    }
+
+    private static func milliseconds(since start: ContinuousClock.Instant) -> Int {
+        let elapsed = ContinuousClock.now - start
+        return Int(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)
+    }
+
+    private static func innermost(_ error: any Error) -> any Error {
+        if let transaction = error as? PostgresTransactionError {
+            return transaction.closureError ?? transaction.beginError ?? transaction.commitError ?? error
+        }
+        return error
+    }
+
+    private static func failure(of migration: Migration, error: any Error) -> any Error {
+        let inner = innermost(error)
+        if inner is MigrationError { return inner }
+        return MigrationError(code: .failed, message: DatabaseError(running: "migration \(migration.id)", error: inner).message)
+    }
+}

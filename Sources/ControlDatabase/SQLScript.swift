@@ -1,0 +1,145 @@
+/// Splits a SQL script into single statements.
+///
+/// PostgresNIO speaks only the extended query protocol, which runs one statement per
+/// message, and `CREATE INDEX CONCURRENTLY` must run as a statement of its own; so a
+/// migration file is cut at top-level semicolons. Semicolons inside quoted strings,
+/// quoted identifiers, dollar-quoted bodies and comments do not cut.
+public enum SQLScript {
+    /// Why a script could not be split.
+    public struct SplitError: Error, Sendable, Equatable, CustomStringConvertible {
+        public var message: String
+        public var description: String { message }
+    }
+
+    /// The statements of `script`, trimmed, without empty or comment-only ones.
+    public static func statements(in script: String) throws(SplitError) -> [String] {
+        let text = Array(script.unicodeScalars)
+        var statements: [String] = []
+        var current = String.UnicodeScalarView()
+        var hasCode = false
+        var index = 0
+        var line = 1
+
+        func flush() {
+            let statement = String(current).trimmingWhitespace()
+            if hasCode, !statement.isEmpty { statements.append(statement) }
+            current = String.UnicodeScalarView()
+            hasCode = false
+        }
+        func peek(_ offset: Int) -> Unicode.Scalar? {
+            index + offset < text.count ? text[index + offset] : nil
+        }
+        func copy(through end: Int) {
+            for position in index..<end {
+                if text[position] == "\n" { line += 1 }
+                current.append(text[position])
+            }
+            index = end
+        }
+
+        while index < text.count {
+            let scalar = text[index]
+            switch scalar {
+            case "-" where peek(1) == "-":
+                var end = index
+                while end < text.count, text[end] != "\n" { end += 1 }
+                copy(through: end)
+            case "/" where peek(1) == "*":
+                // PostgreSQL block comments nest.
+                let startLine = line
+                var depth = 0
+                var end = index
+                repeat {
+                    if end + 1 < text.count, text[end] == "/", text[end + 1] == "*" {
+                        depth += 1
+                        end += 2
+                    } else if end + 1 < text.count, text[end] == "*", text[end + 1] == "/" {
+                        depth -= 1
+                        end += 2
+                    } else if end < text.count {
+                        end += 1
+                    } else {
+                        throw SplitError(message: "unterminated /* comment starting on line \(startLine)")
+                    }
+                } while depth > 0
+                copy(through: end)
+            case "'", "\"":
+                let startLine = line
+                // E'…' strings take backslash escapes; standard strings double the quote.
+                let backslashEscapes = scalar == "'" && index > 0 && (text[index - 1] == "E" || text[index - 1] == "e")
+                    && (index < 2 || !Self.isIdentifierScalar(text[index - 2]))
+                var end = index + 1
+                while true {
+                    guard end < text.count else {
+                        throw SplitError(message: "unterminated \(scalar == "'" ? "string" : "quoted identifier") starting on line \(startLine)")
+                    }
+                    if backslashEscapes, text[end] == "\\" {
+                        end += 2
+                        continue
+                    }
+                    if text[end] == scalar {
+                        if end + 1 < text.count, text[end + 1] == scalar {
+                            end += 2
+                            continue
+                        }
+                        end += 1
+                        break
+                    }
+                    end += 1
+                }
+                hasCode = true
+                copy(through: end)
+            case "$" where index == 0 || !Self.isIdentifierScalar(text[index - 1]):
+                // A dollar quote is $tag$ … $tag$ with an optional identifier tag; `$1` is a parameter.
+                var tagEnd = index + 1
+                while tagEnd < text.count, Self.isIdentifierScalar(text[tagEnd]), !(text[tagEnd].properties.numericType != nil && tagEnd == index + 1) {
+                    tagEnd += 1
+                }
+                guard tagEnd < text.count, text[tagEnd] == "$" else {
+                    hasCode = true
+                    copy(through: index + 1)
+                    continue
+                }
+                let tag = Array(text[index...tagEnd])
+                let startLine = line
+                var end = tagEnd + 1
+                var found = false
+                while end + tag.count <= text.count {
+                    if Array(text[end..<(end + tag.count)]) == tag {
+                        end += tag.count
+                        found = true
+                        break
+                    }
+                    end += 1
+                }
+                guard found else {
+                    throw SplitError(message: "unterminated dollar-quoted string \(String(String.UnicodeScalarView(tag))) starting on line \(startLine)")
+                }
+                hasCode = true
+                copy(through: end)
+            case ";":
+                index += 1
+                flush()
+            default:
+                if !scalar.properties.isWhitespace { hasCode = true }
+                copy(through: index + 1)
+            }
+        }
+        flush()
+        return statements
+    }
+
+    private static func isIdentifierScalar(_ scalar: Unicode.Scalar) -> Bool {
+        scalar == "_" || scalar.properties.isAlphabetic || ("0"..."9").contains(scalar)
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        let scalars = unicodeScalars
+        guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }),
+              let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })
+        else { return "" }
+        return String(scalars[first...last])
+    }
+}

@@ -1,0 +1,115 @@
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A child process started with `posix_spawn` and reaped with `waitpid`.
+///
+/// Foundation's `Process` reaps children from a SIGCHLD dispatch source, which proved
+/// unreliable inside a test runner that starts many children from many threads (exited
+/// children stayed zombies and `waitUntilExit` never returned). This type does the few
+/// things Ferry needs directly: signal dispositions reset to default in the child, output to
+/// a file, and an async `wait()`.
+public final class ChildProcess: Sendable {
+    public let pid: pid_t
+    private let exitStatus = Mutex<Int32?>(nil)
+
+    private init(pid: pid_t) { self.pid = pid }
+
+    static func spawn(_ arguments: [String], environment: [String: String]?, directory: String?, output: String?) throws -> ChildProcess {
+        precondition(!arguments.isEmpty)
+        var arguments = arguments
+        if let directory {
+            // Glibc's addchdir file action is not visible to Swift; a shell exec does the same.
+            arguments = ["/bin/sh", "-c", #"cd "$0" && exec "$@""#, directory] + arguments
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        let target = output ?? "/dev/null"
+        posix_spawn_file_actions_addopen(&actions, 1, target, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+
+        // NIO and swift-service-lifecycle ignore or block signals in this process; a child
+        // must start with the defaults, or `pg_ctl stop` and SIGTERM would not work on it.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for signal in [SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGCHLD, SIGUSR1, SIGUSR2] {
+            sigaddset(&defaults, signal)
+        }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let environmentPairs = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
+        var pid: pid_t = 0
+        let result = withCStrings(arguments) { argv in
+            withCStrings(environmentPairs) { envp in
+                posix_spawn(&pid, arguments[0], &actions, &attributes, argv, envp)
+            }
+        }
+        guard result == 0 else {
+            throw SystemProcess.Failure(message: "cannot start \(arguments[0]): \(String(cString: strerror(result)))")
+        }
+        return ChildProcess(pid: pid)
+    }
+
+    /// Sends `signal` unless the child was already reaped.
+    public func signal(_ signal: Int32) {
+        exitStatus.withLock { status in
+            if status == nil { kill(pid, signal) }
+        }
+    }
+
+    /// Whether the child is still running (reaps it if it just exited).
+    public var isRunning: Bool {
+        exitStatus.withLock { status in
+            guard status == nil else { return false }
+            var raw: Int32 = 0
+            let reaped = waitpid(pid, &raw, WNOHANG)
+            if reaped == pid {
+                status = Self.decode(raw)
+                return false
+            }
+            return reaped == 0
+        }
+    }
+
+    /// Waits for the child to exit; the exit code, or 128 + signal number.
+    public func wait() async -> Int32 {
+        if let status = exitStatus.withLock({ $0 }) { return status }
+        return await withCheckedContinuation { continuation in
+            // waitpid blocks, so it runs on a thread of its own rather than the cooperative pool.
+            Thread.detachNewThread { [self] in
+                var raw: Int32 = 0
+                var reaped: pid_t
+                repeat { reaped = waitpid(pid, &raw, 0) } while reaped == -1 && errno == EINTR
+                let status = exitStatus.withLock { status in
+                    if status == nil, reaped == pid { status = Self.decode(raw) }
+                    return status ?? -1
+                }
+                continuation.resume(returning: status)
+            }
+        }
+    }
+
+    private static func decode(_ raw: Int32) -> Int32 {
+        let signal = raw & 0x7f
+        return signal == 0 ? (raw >> 8) & 0xff : 128 + signal
+    }
+}
+
+private func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    pointers.append(nil)
+    defer { pointers.forEach { free($0) } }
+    return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+}

@@ -1,0 +1,173 @@
+import ControlDatabase
+import FerryTestSupport
+import Foundation
+import Logging
+import PostgresNIO
+import Testing
+
+/// The migration runner against a real PostgreSQL server (and a real PgBouncer).
+@Suite struct MigratorTests {
+    let logger = testLogger()
+
+    @Test func appliesEveryBuiltInMigrationOnceAndThenNothing() async throws {
+        let url = try await TestPostgres.shared.freshDatabase("apply")
+        let set = try MigrationSet.builtIn()
+        let first = try await Migrator(url: url, migrations: set, logger: logger).run()
+        #expect(first.applied == set.migrations.map(\.id))
+        #expect(first.alreadyApplied.isEmpty)
+
+        let second = try await Migrator(url: url, migrations: set, logger: logger).run()
+        #expect(second.applied.isEmpty)
+        #expect(second.alreadyApplied == set.migrations.map(\.id))
+        try await expectCompleteSchema(url)
+    }
+
+    @Test func concurrentMigratorsInOneProcessApplyEachVersionOnce() async throws {
+        let url = try await TestPostgres.shared.freshDatabase("inproc")
+        let set = try MigrationSet.builtIn()
+        let reports = try await withThrowingTaskGroup(of: Migrator.Report.self) { group in
+            for _ in 0..<12 {
+                group.addTask { try await Migrator(url: url, migrations: set, logger: logger).run() }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        // Every migration was applied by exactly one of the twelve.
+        for migration in set.migrations {
+            #expect(reports.filter { $0.applied.contains(migration.id) }.count == 1)
+        }
+        try await expectVersionsRecordedOnce(url, set)
+    }
+
+    @Test func refusesAChangedMigrationAndTouchesNothing() async throws {
+        let url = try await TestPostgres.shared.freshDatabase("drift")
+        let original = try MigrationSet([try Migration(fileName: "0001_a.sql", sql: "CREATE TABLE a (x int);")])
+        try await Migrator(url: url, migrations: original, logger: logger).run()
+
+        let drifted = try MigrationSet([
+            try Migration(fileName: "0001_a.sql", sql: "CREATE TABLE a (x bigint);"),
+            try Migration(fileName: "0002_b.sql", sql: "CREATE TABLE b (x int);"),
+        ])
+        let error = await #expect(throws: MigrationError.self) {
+            try await Migrator(url: url, migrations: drifted, logger: logger).run()
+        }
+        #expect(error?.code == .checksumMismatch)
+        #expect(error?.message.contains("migration 0001_a was changed after it was applied") == true)
+        // 0002 was not applied: nothing is touched once drift is seen.
+        #expect(try await scalar(url, "SELECT count(*)::int FROM ferry_schema_migrations") == 1)
+        #expect(try await scalar(url, "SELECT (to_regclass('b') IS NULL)::int") == 1)
+    }
+
+    @Test func refusesADatabaseNewerThanTheBinary() async throws {
+        let url = try await TestPostgres.shared.freshDatabase("newer")
+        let newer = try MigrationSet([
+            try Migration(fileName: "0001_a.sql", sql: "CREATE TABLE a (x int);"),
+            try Migration(fileName: "0002_b.sql", sql: "CREATE TABLE b (x int);"),
+        ])
+        try await Migrator(url: url, migrations: newer, logger: logger).run()
+
+        let older = try MigrationSet([try Migration(fileName: "0001_a.sql", sql: "CREATE TABLE a (x int);")])
+        let error = await #expect(throws: MigrationError.self) {
+            try await Migrator(url: url, migrations: older, logger: logger).run()
+        }
+        #expect(error?.code == .databaseNewer)
+        #expect(error?.message.contains("0002_b") == true)
+        #expect(try await scalar(url, "SELECT count(*)::int FROM ferry_schema_migrations") == 2)
+    }
+
+    @Test func aFailingMigrationRollsBackAndIsNotRecorded() async throws {
+        let url = try await TestPostgres.shared.freshDatabase("failing")
+        let set = try MigrationSet([
+            try Migration(fileName: "0001_a.sql", sql: "CREATE TABLE a (x int);"),
+            try Migration(fileName: "0002_bad.sql", sql: "CREATE TABLE c (x int);\nSELECT * FROM missing_table;"),
+        ])
+        let error = await #expect(throws: MigrationError.self) {
+            try await Migrator(url: url, migrations: set, logger: logger).run()
+        }
+        #expect(error?.code == .failed)
+        #expect(error?.message == "migration 0002_bad failed: relation \"missing_table\" does not exist (SQLSTATE 42P01)")
+        #expect(try await scalar(url, "SELECT count(*)::int FROM ferry_schema_migrations") == 1)
+        #expect(try await scalar(url, "SELECT (to_regclass('c') IS NULL)::int") == 1)
+    }
+
+    @Test func nonTransactionalMigrationRunsOutsideATransaction() async throws {
+        let url = try await TestPostgres.shared.freshDatabase("notx")
+        // CREATE INDEX CONCURRENTLY fails inside a transaction block, so success proves the mode.
+        let set = try MigrationSet([
+            try Migration(fileName: "0001_a.sql", sql: "CREATE TABLE a (x int);"),
+            try Migration(fileName: "0002_idx.sql", sql: "-- ferry:no-transaction\nCREATE INDEX CONCURRENTLY a_x ON a (x);\nCREATE INDEX CONCURRENTLY a_x2 ON a (x);"),
+        ])
+        #expect(set.migrations[1].isTransactional == false)
+        let report = try await Migrator(url: url, migrations: set, logger: logger).run()
+        #expect(report.applied == ["0001_a", "0002_idx"])
+        #expect(try await scalar(url, "SELECT count(*)::int FROM pg_indexes WHERE tablename = 'a'") == 2)
+        // The lease was released.
+        #expect(try await scalar(url, "SELECT count(*)::int FROM ferry_migration_lease") == 0)
+    }
+
+    @Test func aLeaseIsExclusiveUntilItExpiresAndRenewalFailsOnceTaken() async throws {
+        let url = try await TestPostgres.shared.freshDatabase("lease")
+        try await Migrator(url: url, migrations: try MigrationSet([]), logger: logger).run()
+        try await url.withConnection(logger: logger) { connection in
+            let a = LeaseLock(table: Migrator.leaseTable, name: "x", owner: "a", duration: .milliseconds(600))
+            let b = LeaseLock(table: Migrator.leaseTable, name: "x", owner: "b", duration: .seconds(30))
+            #expect(try await a.tryAcquire(on: connection, logger: logger) == .acquired)
+            guard case .heldBy(owner: "a", _) = try await b.tryAcquire(on: connection, logger: logger) else {
+                Issue.record("b took a lease a holds")
+                return
+            }
+            #expect(try await a.renew(on: connection, logger: logger))
+            try await Task.sleep(for: .milliseconds(900))
+            #expect(try await b.tryAcquire(on: connection, logger: logger) == .acquired)
+            #expect(try await a.renew(on: connection, logger: logger) == false)
+            // a's release must not free b's lease.
+            try await a.release(on: connection, logger: logger)
+            #expect(try await scalar(url, "SELECT count(*)::int FROM ferry_migration_lease WHERE owner = 'b'") == 1)
+        }
+    }
+
+    @Test func concurrentMigratorsThroughTransactionPoolingPgBouncer() async throws {
+        let url = try await TestPostgres.shared.freshDatabase("bouncer")
+        let bouncer = try await PgBouncer.start(in: try await TestPostgres.shared.server(), poolMode: "transaction", poolSize: 4)
+        defer { Task { await bouncer.stop() } }
+        let pooled = try bouncer.url(database: url.database)
+        let set = try MigrationSet.builtIn()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<8 {
+                group.addTask { try await Migrator(url: pooled, migrations: set, logger: logger).run() }
+            }
+            try await group.waitForAll()
+        }
+        try await expectVersionsRecordedOnce(url, set)
+        try await expectCompleteSchema(url)
+        await bouncer.stop()
+    }
+
+    // MARK: helpers
+
+    private func scalar(_ url: DatabaseURL, _ sql: String) async throws -> Int {
+        try await url.withConnection(logger: logger) { connection in
+            let rows = try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+            for try await value in rows.decode(Int.self) { return value }
+            return -1
+        }
+    }
+
+    private func expectVersionsRecordedOnce(_ url: DatabaseURL, _ set: MigrationSet) async throws {
+        let versions = try await url.withConnection(logger: logger) { connection in
+            let rows = try await connection.query("SELECT version FROM ferry_schema_migrations ORDER BY version", logger: logger)
+            var versions: [Int] = []
+            for try await version in rows.decode(Int.self) { versions.append(version) }
+            return versions
+        }
+        #expect(versions == set.migrations.map(\.version))
+    }
+
+    private func expectCompleteSchema(_ url: DatabaseURL) async throws {
+        let tables = ["instances", "jobs", "job_instances", "job_events", "job_tables", "instance_replace_results",
+                      "tenant_claims", "job_artifacts", "leases"]
+        for table in tables {
+            #expect(try await scalar(url, "SELECT (to_regclass('\(table)') IS NOT NULL)::int") == 1, "missing table \(table)")
+        }
+        #expect(try await scalar(url, "SELECT count(*)::int FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname IN ('jobs_status_created_idx', 'jobs_root_attempt_idx') AND i.indisvalid") == 2)
+    }
+}

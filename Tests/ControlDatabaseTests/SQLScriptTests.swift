@@ -1,0 +1,41 @@
+import Testing
+@testable import ControlDatabase
+
+@Suite struct SQLScriptTests {
+    @Test func splitsAtTopLevelSemicolons() throws {
+        let statements = try SQLScript.statements(in: "CREATE TABLE a (x int);\n\nINSERT INTO a VALUES (1) ;SELECT 1")
+        #expect(statements == ["CREATE TABLE a (x int)", "INSERT INTO a VALUES (1)", "SELECT 1"])
+    }
+
+    @Test func keepsSemicolonsInsideQuotesCommentsAndDollarQuotes() throws {
+        let script = """
+            -- a comment; not a statement
+            INSERT INTO t VALUES ('a;b', 'it''s; fine', E'back\\'slash;');
+            CREATE TABLE "weird;name" (x int); /* block; /* nested; */ still comment; */
+            DO $body$ BEGIN PERFORM 1; END $body$;
+            SELECT $$x;y$$, $1;
+            """
+        let statements = try SQLScript.statements(in: script)
+        #expect(statements.count == 4)
+        #expect(statements[0].hasSuffix("E'back\\'slash;')"))
+        #expect(statements[1] == "CREATE TABLE \"weird;name\" (x int)")
+        #expect(statements[2].hasPrefix("/* block;") && statements[2].hasSuffix("END $body$"))
+        #expect(statements[3] == "SELECT $$x;y$$, $1")
+    }
+
+    @Test func dropsCommentOnlyAndEmptyStatements() throws {
+        #expect(try SQLScript.statements(in: "-- only a comment\n;;  ;\n/* c */") == [])
+    }
+
+    @Test(arguments: [
+        ("SELECT 'open", "unterminated string starting on line 1"),
+        ("SELECT 1;\nSELECT \"open", "unterminated quoted identifier starting on line 2"),
+        ("SELECT $a$ open", "unterminated dollar-quoted string $a$ starting on line 1"),
+        ("/* open /* nested */", "unterminated /* comment starting on line 1"),
+    ])
+    func refusesUnterminatedConstructs(script: String, message: String) {
+        #expect(throws: SQLScript.SplitError(message: message)) {
+            try SQLScript.statements(in: script)
+        }
+    }
+}

@@ -1,0 +1,90 @@
+import ControlDatabase
+import EmbeddedPostgres
+import Foundation
+
+/// A real PgBouncer in front of a test cluster, in the pool mode a test asks for.
+public final class PgBouncer: Sendable {
+    public let port: Int
+    public let directory: String
+    private let process: ChildProcess
+    private let guardian: ChildProcess
+    private let upstream: EmbeddedPostgres
+
+    private init(port: Int, directory: String, process: ChildProcess, guardian: ChildProcess, upstream: EmbeddedPostgres) {
+        self.port = port
+        self.directory = directory
+        self.process = process
+        self.guardian = guardian
+        self.upstream = upstream
+    }
+
+    /// The URL of `database` through this pooler.
+    public func url(database: String) throws -> DatabaseURL {
+        var url = try DatabaseURL(parsing: upstream.url(database: database))
+        url.port = port
+        return url
+    }
+
+    /// The pgbouncer binary, if installed.
+    public static var binary: String? {
+        ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"].first {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }
+    }
+
+    public static func start(in upstream: EmbeddedPostgres, poolMode: String = "transaction", poolSize: Int = 20) async throws -> PgBouncer {
+        guard let binary else {
+            throw SystemProcess.Failure(message: "pgbouncer is not installed (scripts/install-deps installs it)")
+        }
+        var template = Array((FileManager.default.temporaryDirectory.path + "/ferry-pgbouncer-XXXXXX").utf8CString)
+        guard let made = mkdtemp(&template) else { throw SystemProcess.Failure(message: "mkdtemp failed") }
+        let directory = String(cString: made)
+        try SystemProcess.handOver(directory)
+        let port = try SystemProcess.freeLoopbackPort()
+        let configuration = """
+            [databases]
+            * = host=127.0.0.1 port=\(upstream.port)
+
+            [pgbouncer]
+            listen_addr = 127.0.0.1
+            listen_port = \(port)
+            unix_socket_dir =
+            auth_type = scram-sha-256
+            auth_file = \(directory)/userlist.txt
+            pool_mode = \(poolMode)
+            default_pool_size = \(poolSize)
+            max_client_conn = 1000
+            logfile = \(directory)/pgbouncer.log
+            server_reset_query =
+            ignore_startup_parameters = extra_float_digits
+
+            """
+        try configuration.write(toFile: directory + "/pgbouncer.ini", atomically: false, encoding: .utf8)
+        try "\"\(upstream.user)\" \"\(upstream.password)\"\n".write(toFile: directory + "/userlist.txt", atomically: false, encoding: .utf8)
+        try SystemProcess.handOver(directory + "/pgbouncer.ini")
+        try SystemProcess.handOver(directory + "/userlist.txt")
+
+        let process = try SystemProcess.launch(
+            SystemProcess.unprivileged([binary, directory + "/pgbouncer.ini"]),
+            directory: directory, logFile: directory + "/stdout.log")
+        let guardian = try SystemProcess.launchGuardian(
+            directory: directory, cleanup: #"kill -TERM "$1" 2>/dev/null"#, arguments: [String(process.pid)])
+        let bouncer = PgBouncer(port: port, directory: directory, process: process, guardian: guardian, upstream: upstream)
+        // Ready once it accepts TCP connections.
+        for _ in 0..<100 {
+            if !process.isRunning { break }
+            if SystemProcess.canConnect(port: port) { return bouncer }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let log = (try? String(contentsOfFile: directory + "/pgbouncer.log", encoding: .utf8)) ?? ""
+        await bouncer.stop()
+        throw SystemProcess.Failure(message: "pgbouncer did not start: \(log.suffix(500))")
+    }
+
+    public func stop() async {
+        process.signal(SIGTERM)
+        _ = await process.wait()
+        await SystemProcess.dismiss(guardian)
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
