@@ -1,0 +1,36 @@
+import ArgumentParser
+import ControlDatabase
+import EmbeddedPostgres
+import Foundation
+import FerryServer
+import Logging
+
+@main
+enum FerrydMain {
+    /// Parses and runs a command. Start-up failures the user can act on (bad configuration,
+    /// an unreachable or refusing database, refused migrations) print as one line,
+    /// `ferryd: error: …`, with exit status 1 and no stack trace.
+    static func main() async {
+        // Logs go to stderr; stdout is kept for command output.
+        LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+        do {
+            var command = try await Ferryd.asyncParseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch where isUserFacing(error) {
+            FileHandle.standardError.write(Data("ferryd: error: \(error)\n".utf8))
+            exit(1)
+        } catch {
+            Ferryd.exit(withError: error)
+        }
+    }
+
+    static func isUserFacing(_ error: any Error) -> Bool {
+        error is StartupError || error is DatabaseError || error is MigrationError
+            || error is Migration.DefinitionError || error is DatabaseURL.ParseError || error is SystemProcess.Failure
+            || error is StartupFailure
+    }
+}
