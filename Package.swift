@@ -99,11 +99,11 @@ let package = Package(
         ),
         .testTarget(
             name: "EmbeddedPostgresTests",
-            dependencies: ["EmbeddedPostgres", "FerryTestSupport"]
+            dependencies: ["EmbeddedPostgres", "ControlDatabase", "FerryTestSupport"]
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["ferryd", "ferry", "ControlDatabase", "FerryTestSupport"]
+            dependencies: ["ferryd", "ferry", "FerryCore", "ControlDatabase", "EmbeddedPostgres", "FerryTestSupport"]
         ),
     ]
 )

@@ -1,0 +1,57 @@
+import ControlDatabase
+import FerryTestSupport
+import Foundation
+import Testing
+
+/// A `ferryd migrate` killed with SIGKILL while it holds the migration lease: another
+/// migrator waits for the lease to expire, takes it over and completes the migration.
+@Suite struct MigrationLeaseTests {
+    @Test func aKilledLeaseHolderIsTakenOverAfterExpiry() async throws {
+        let url = try await TestPostgres.shared.freshDatabase("lease_kill")
+        // A non-transactional migration that sleeps until the test opens the gate table.
+        let slow = """
+            -- ferry:no-transaction
+            CREATE TABLE IF NOT EXISTS slow_gate (opened boolean);
+            SELECT pg_sleep(CASE WHEN EXISTS (SELECT 1 FROM slow_gate) THEN 0 ELSE 600 END);
+            CREATE TABLE IF NOT EXISTS slow_done (x int);
+            """
+        let directory = try migrationsDirectory(extra: ["0003_slow.sql": slow])
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let environment = ["FERRY_DATABASE_URL": url.secretURLString]
+        let arguments = [FerryBinaries.ferryd, "migrate", "--migrations-dir", directory, "--migration-lease-seconds", "3"]
+
+        let holder = try RunningProcess.start(arguments, environment: environment)
+        // Wait until it holds the lease and sleeps inside the migration.
+        var sleeping = false
+        for _ in 0..<200 {
+            sleeping = try await scalar(url, "SELECT count(*)::int FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'SELECT pg_sleep(CASE%' AND state = 'active'") == 1
+            if sleeping { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(sleeping, "the first migrator never reached the slow migration: \(holder.output)")
+        let leaseOwner = try await scalar(url, "SELECT count(*)::int FROM ferry_migration_lease WHERE name = 'migrations' AND expires_at > now()")
+        #expect(leaseOwner == 1)
+
+        holder.child.signal(SIGKILL)
+        let killed = await holder.finish()
+        #expect(killed.status == 128 + SIGKILL)
+        #expect(try await scalar(url, "SELECT count(*)::int FROM ferry_schema_migrations WHERE version = 3") == 0)
+
+        _ = try await scalar(url, "INSERT INTO slow_gate VALUES (true) RETURNING 1")
+        let started = ContinuousClock.now
+        let successor = try await RunningProcess.run(arguments, environment: environment, timeout: .seconds(60))
+        let waited = ContinuousClock.now - started
+
+        #expect(successor.status == 0, "\(successor.output)")
+        #expect(successor.output.contains("waiting for the migration lease"), "\(successor.output)")
+        #expect(successor.output.contains("0003_slow"))
+        #expect(try await recordedVersions(url) == [1: 1, 2: 1, 3: 1])
+        #expect(try await scalar(url, "SELECT (to_regclass('slow_done') IS NOT NULL)::int") == 1)
+        // It could not have taken the lease before the dead holder's expiry.
+        #expect(waited < .seconds(30))
+        #expect(try await scalar(url, "SELECT count(*)::int FROM ferry_migration_lease") == 0)
+
+        // The killed migrator's server session is still sleeping; end it.
+        _ = try await scalar(url, "SELECT count(pg_terminate_backend(pid))::int FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'SELECT pg_sleep(CASE%' AND pid <> pg_backend_pid()")
+    }
+}

@@ -1,0 +1,89 @@
+import EmbeddedPostgres
+import Foundation
+
+/// Runs the built `ferryd` (and `ferry`) binaries as real child processes.
+public enum FerryBinaries {
+    /// The directory holding the built products: beside the test bundle, or `FERRY_BIN_DIR`.
+    public static var directory: String {
+        if let explicit = ProcessInfo.processInfo.environment["FERRY_BIN_DIR"] { return explicit }
+        return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+    }
+
+    public static var ferryd: String { directory + "/ferryd" }
+    public static var ferry: String { directory + "/ferry" }
+}
+
+/// A finished child process: its exit status and everything it wrote (stdout and stderr).
+public struct ProcessResult: Sendable {
+    public var status: Int32
+    public var output: String
+    /// Non-empty output lines.
+    public var lines: [String] { output.split(separator: "\n").map(String.init) }
+}
+
+/// A started child process whose output goes to a temporary file.
+public final class RunningProcess: Sendable {
+    public let child: ChildProcess
+    public let outputFile: String
+
+    init(child: ChildProcess, outputFile: String) {
+        self.child = child
+        self.outputFile = outputFile
+    }
+
+    public var output: String { (try? String(contentsOfFile: outputFile, encoding: .utf8)) ?? "" }
+
+    /// Waits for exit, killing the process if it outlives `timeout`.
+    public func finish(timeout: Duration = .seconds(120)) async -> ProcessResult {
+        let status = await withTaskGroup(of: Int32?.self) { group in
+            group.addTask { await self.child.wait() }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            if let first = await group.next(), let status = first {
+                group.cancelAll()
+                return status
+            }
+            child.signal(SIGKILL)
+            let status = await child.wait()
+            group.cancelAll()
+            return status
+        }
+        let result = ProcessResult(status: status, output: output)
+        try? FileManager.default.removeItem(atPath: outputFile)
+        return result
+    }
+
+    /// Starts `arguments` with `environment` added to this process's environment.
+    public static func start(_ arguments: [String], environment: [String: String] = [:]) throws -> RunningProcess {
+        let outputFile = FileManager.default.temporaryDirectory.path + "/ferry-test-out-\(UUID().uuidString)"
+        var merged = ProcessInfo.processInfo.environment
+        // Keep configuration from the developer's shell out of the child.
+        for key in merged.keys where key.hasPrefix("FERRY_") && key != "FERRY_PG_BIN" { merged[key] = nil }
+        merged.merge(environment) { $1 }
+        let child = try SystemProcess.launch(arguments, environment: merged, logFile: outputFile)
+        return RunningProcess(child: child, outputFile: outputFile)
+    }
+
+    /// Runs `arguments` to completion.
+    public static func run(_ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(120)) async throws -> ProcessResult {
+        try await start(arguments, environment: environment).finish(timeout: timeout)
+    }
+}
+
+/// Runs several commands so that they begin at (nearly) the same instant, and returns their
+/// results. Each waits in a shell that polls for a gate file every 5 ms; the gate is created
+/// once all of them are waiting.
+public func runTogether(_ commands: [[String]], environment: [String: String] = [:], timeout: Duration = .seconds(120)) async throws -> [ProcessResult] {
+    let gate = FileManager.default.temporaryDirectory.path + "/ferry-gate-\(UUID().uuidString)"
+    defer { try? FileManager.default.removeItem(atPath: gate) }
+    let waiting = #"while [ ! -e "$0" ]; do sleep 0.005; done; exec "$@""#
+    let processes = try commands.map { try RunningProcess.start(["/bin/sh", "-c", waiting, gate] + $0, environment: environment) }
+    // Give every shell time to reach its polling loop, then open the gate.
+    try await Task.sleep(for: .milliseconds(300))
+    _ = FileManager.default.createFile(atPath: gate, contents: nil)
+    var results: [ProcessResult] = []
+    for process in processes { results.append(await process.finish(timeout: timeout)) }
+    return results
+}
