@@ -33,12 +33,17 @@ public struct LeaseLock: Sendable {
         Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
     }
 
-    /// Takes the lease if it is free, expired, or already ours (which renews it).
-    public func tryAcquire(on connection: PostgresConnection, logger: Logger) async throws -> Attempt {
+    /// `$1` name, `$2` owner, `$3` lifetime in milliseconds.
+    private var leaseBinds: PostgresBindings {
         var binds = PostgresBindings()
         binds.append(name)
         binds.append(owner)
         binds.append(durationMilliseconds)
+        return binds
+    }
+
+    /// Takes the lease if it is free, expired, or already ours (which renews it).
+    public func tryAcquire(on connection: PostgresConnection, logger: Logger) async throws -> Attempt {
         let rows = try await connection.query(PostgresQuery(unsafeSQL: """
             INSERT INTO \(table) AS lease (name, owner, acquired_at, renewed_at, expires_at)
             VALUES ($1, $2, now(), now(), now() + $3 * interval '1 millisecond')
@@ -46,7 +51,7 @@ public struct LeaseLock: Sendable {
                SET owner = EXCLUDED.owner, acquired_at = now(), renewed_at = now(), expires_at = EXCLUDED.expires_at
              WHERE lease.expires_at < now() OR lease.owner = EXCLUDED.owner
             RETURNING owner
-            """, binds: binds), logger: logger)
+            """, binds: leaseBinds), logger: logger)
         for try await _ in rows { return .acquired }
 
         var holderBinds = PostgresBindings()
@@ -63,15 +68,11 @@ public struct LeaseLock: Sendable {
 
     /// Extends the lease if we still hold it; `false` means it was lost.
     public func renew(on connection: PostgresConnection, logger: Logger) async throws -> Bool {
-        var binds = PostgresBindings()
-        binds.append(name)
-        binds.append(owner)
-        binds.append(durationMilliseconds)
         let rows = try await connection.query(PostgresQuery(unsafeSQL: """
             UPDATE \(table) SET renewed_at = now(), expires_at = now() + $3 * interval '1 millisecond'
              WHERE name = $1 AND owner = $2 AND expires_at >= now()
             RETURNING owner
-            """, binds: binds), logger: logger)
+            """, binds: leaseBinds), logger: logger)
         for try await _ in rows { return true }
         return false
     }

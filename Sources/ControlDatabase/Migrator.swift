@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PostgresNIO
+import Synchronization
 
 /// Why migrations stopped. Every case reads as one line and names the migration.
 public struct MigrationError: Error, Sendable, CustomStringConvertible {
@@ -232,13 +233,16 @@ public struct Migrator: Sendable {
         let lease = LeaseLock(table: Self.leaseTable, name: "migrations", owner: owner, duration: leaseDuration)
         try await acquire(lease, for: migration, connection)
 
+        // Set by the heartbeat before it closes the worker, so that the worker's resulting
+        // connection error is reported as what it is: a lost lease.
+        let leaseLost = LeaseLossFlag()
         do {
             // The heartbeat needs its own connection: the worker's is busy with long statements.
             let applied = try await url.withConnection(logger: logger) { heartbeatConnection in
                 try await url.withConnection(logger: logger) { worker in
                     try await withThrowingTaskGroup(of: Bool?.self) { group in
                         group.addTask {
-                            try await heartbeat(lease, on: heartbeatConnection, stopping: worker)
+                            try await heartbeat(lease, on: heartbeatConnection, stopping: worker, lost: leaseLost)
                             return nil
                         }
                         group.addTask {
@@ -265,8 +269,14 @@ public struct Migrator: Sendable {
             return applied
         } catch {
             try? await lease.release(on: connection, logger: logger)
+            if leaseLost.isSet { throw leaseLostError }
             throw Self.failure(of: migration, error: error)
         }
+    }
+
+    private var leaseLostError: MigrationError {
+        MigrationError(code: .leaseLost, message:
+            "lost the migration lease (could not renew it within \(leaseDuration)); stopped the non-transactional migration, which will be rerun from the top")
     }
 
     private func acquire(_ lease: LeaseLock, for migration: Migration, _ connection: PostgresConnection) async throws {
@@ -296,14 +306,14 @@ public struct Migrator: Sendable {
     }
 
     /// Renews every third of the lease; on failure closes the worker so its statement stops.
-    private func heartbeat(_ lease: LeaseLock, on connection: PostgresConnection, stopping worker: PostgresConnection) async throws {
+    private func heartbeat(_ lease: LeaseLock, on connection: PostgresConnection, stopping worker: PostgresConnection, lost: LeaseLossFlag) async throws {
         while true {
             try await Task.sleep(for: leaseDuration / 3)
             let renewed = (try? await lease.renew(on: connection, logger: logger)) ?? false
             if !renewed {
+                lost.set()
                 try? await worker.close()
-                throw MigrationError(code: .leaseLost, message:
-                    "lost the migration lease (could not renew it within \(leaseDuration)); stopped the non-transactional migration, which will be rerun from the top")
+                throw leaseLostError
             }
         }
     }
@@ -363,4 +373,11 @@ public struct Migrator: Sendable {
         if inner is MigrationError { return inner }
         return MigrationError(code: .failed, message: DatabaseError(running: "migration \(migration.id)", error: inner).message)
     }
+}
+
+/// Shared between the heartbeat and the code that reports the migration's outcome.
+final class LeaseLossFlag: Sendable {
+    private let state = Mutex(false)
+    var isSet: Bool { state.withLock { $0 } }
+    func set() { state.withLock { $0 = true } }
 }

@@ -125,49 +125,67 @@ import Testing
         }
     }
 
+    @Test func aMigratorThatLosesItsLeaseStopsItsWorkAndRecordsNothing() async throws {
+        let url = try await TestPostgres.shared.freshDatabase("lease_lost")
+        let set = try MigrationSet([
+            try Migration(fileName: "0001_a.sql", sql: "CREATE TABLE a (x int);"),
+            try Migration(fileName: "0002_slow.sql", sql: "-- ferry:no-transaction\nSELECT pg_sleep(20);\nCREATE TABLE after_sleep (x int);"),
+        ])
+        let migrator = Migrator(url: url, migrations: set, owner: "victim", leaseDuration: .seconds(1), logger: logger)
+        let started = ContinuousClock.now
+        let running = Task { try await migrator.run() }
+        // Once it sleeps under the lease, another owner takes the lease away.
+        var stolen = 0
+        for _ in 0..<100 where stolen == 0 {
+            try await Task.sleep(for: .milliseconds(100))
+            stolen = try await scalar(url, "WITH s AS (UPDATE ferry_migration_lease SET owner = 'thief', expires_at = now() + interval '1 hour' WHERE owner = 'victim' AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE '%SELECT pg_sleep(20)' AND state = 'active') RETURNING 1) SELECT count(*)::int FROM s")
+        }
+        #expect(stolen == 1)
+        let error = await #expect(throws: MigrationError.self) { try await running.value }
+        #expect(error?.code == .leaseLost)
+        // It stopped at the next renewal, well before the 20 s statement would have ended.
+        #expect(ContinuousClock.now - started < .seconds(15))
+        #expect(try await ControlQueries.recordedVersions(url, logger: logger) == [1: 1])
+        // The thief's lease is untouched by the victim's release.
+        #expect(try await scalar(url, "SELECT count(*)::int FROM ferry_migration_lease WHERE owner = 'thief'") == 1)
+        _ = try await scalar(url, "SELECT count(pg_terminate_backend(pid))::int FROM pg_stat_activity WHERE query LIKE '%SELECT pg_sleep(20)' AND pid <> pg_backend_pid()")
+    }
+
     @Test func concurrentMigratorsThroughTransactionPoolingPgBouncer() async throws {
         let url = try await TestPostgres.shared.freshDatabase("bouncer")
         let bouncer = try await PgBouncer.start(in: try await TestPostgres.shared.server(), poolMode: "transaction", poolSize: 4)
-        defer { Task { await bouncer.stop() } }
         let pooled = try bouncer.url(database: url.database)
         let set = try MigrationSet.builtIn()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for _ in 0..<8 {
-                group.addTask { try await Migrator(url: pooled, migrations: set, logger: logger).run() }
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<8 {
+                    group.addTask { try await Migrator(url: pooled, migrations: set, logger: logger).run() }
+                }
+                try await group.waitForAll()
             }
-            try await group.waitForAll()
+        } catch {
+            await bouncer.stop()
+            throw error
         }
+        await bouncer.stop()
         try await expectVersionsRecordedOnce(url, set)
         try await expectCompleteSchema(url)
-        await bouncer.stop()
     }
 
     // MARK: helpers
 
     private func scalar(_ url: DatabaseURL, _ sql: String) async throws -> Int {
-        try await url.withConnection(logger: logger) { connection in
-            let rows = try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
-            for try await value in rows.decode(Int.self) { return value }
-            return -1
-        }
+        try await ControlQueries.scalar(url, sql, logger: logger)
     }
 
     private func expectVersionsRecordedOnce(_ url: DatabaseURL, _ set: MigrationSet) async throws {
-        let versions = try await url.withConnection(logger: logger) { connection in
-            let rows = try await connection.query("SELECT version FROM ferry_schema_migrations ORDER BY version", logger: logger)
-            var versions: [Int] = []
-            for try await version in rows.decode(Int.self) { versions.append(version) }
-            return versions
-        }
-        #expect(versions == set.migrations.map(\.version))
+        let counts = try await ControlQueries.recordedVersions(url, logger: logger)
+        #expect(counts == Dictionary(uniqueKeysWithValues: set.migrations.map { ($0.version, 1) }))
     }
 
     private func expectCompleteSchema(_ url: DatabaseURL) async throws {
-        let tables = ["instances", "jobs", "job_instances", "job_events", "job_tables", "instance_replace_results",
-                      "tenant_claims", "job_artifacts", "leases"]
-        for table in tables {
-            #expect(try await scalar(url, "SELECT (to_regclass('\(table)') IS NOT NULL)::int") == 1, "missing table \(table)")
-        }
-        #expect(try await scalar(url, "SELECT count(*)::int FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname IN ('jobs_status_created_idx', 'jobs_root_attempt_idx') AND i.indisvalid") == 2)
+        let (tables, indexes) = try await ControlQueries.schemaCompleteness(url)
+        #expect(tables == ControlQueries.schemaTables.count)
+        #expect(indexes == 2)
     }
 }

@@ -7,36 +7,19 @@ import Testing
 
 let logger = testLogger()
 
-/// Runs one query and returns its single integer.
 func scalar(_ url: DatabaseURL, _ sql: String) async throws -> Int {
-    try await url.withConnection(logger: logger) { connection in
-        let rows = try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
-        for try await value in rows.decode(Int.self) { return value }
-        return -1
-    }
+    try await ControlQueries.scalar(url, sql)
 }
 
-/// The versions in the version table with how often each is recorded.
 func recordedVersions(_ url: DatabaseURL) async throws -> [Int: Int] {
-    try await url.withConnection(logger: logger) { connection in
-        let rows = try await connection.query("SELECT version, count(*)::int FROM ferry_schema_migrations GROUP BY version", logger: logger)
-        var counts: [Int: Int] = [:]
-        for try await (version, count) in rows.decode((Int, Int).self) { counts[version] = count }
-        return counts
-    }
+    try await ControlQueries.recordedVersions(url)
 }
 
 /// Every table the initial schema promises, and the concurrently built indexes, valid.
 func expectCompleteSchema(_ url: DatabaseURL, sourceLocation: SourceLocation = #_sourceLocation) async throws {
-    let tables = ["instances", "jobs", "job_instances", "job_events", "job_tables", "instance_replace_results",
-                  "tenant_claims", "job_artifacts", "leases"]
-    let present = try await scalar(url, "SELECT count(*)::int FROM unnest(ARRAY['\(tables.joined(separator: "','"))']) AS t(name) WHERE to_regclass(t.name) IS NOT NULL")
-    #expect(present == tables.count, "tables missing", sourceLocation: sourceLocation)
-    let validIndexes = try await scalar(url, """
-        SELECT count(*)::int FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-         WHERE c.relname IN ('jobs_status_created_idx', 'jobs_root_attempt_idx') AND i.indisvalid
-        """)
-    #expect(validIndexes == 2, "concurrent indexes missing or invalid", sourceLocation: sourceLocation)
+    let (tables, indexes) = try await ControlQueries.schemaCompleteness(url)
+    #expect(tables == ControlQueries.schemaTables.count, "tables missing", sourceLocation: sourceLocation)
+    #expect(indexes == 2, "concurrent indexes missing or invalid", sourceLocation: sourceLocation)
 }
 
 /// A copy of the built-in migrations in a temporary directory, plus `extra` files.
