@@ -20,6 +20,7 @@ public struct StartupFailure: Error, Sendable, CustomStringConvertible {
 /// services, and an orderly stop on SIGTERM/SIGINT.
 public enum FerryServer {
     /// Applies the migrations and returns what was done.
+    @discardableResult
     public static func migrate(_ configuration: ServerConfiguration, url: DatabaseURL, logger: Logger) async throws -> Migrator.Report {
         let migrator = Migrator(
             url: configuration.migrationDatabaseURL ?? url,
@@ -58,7 +59,7 @@ public enum FerryServer {
     private static func serve(_ configuration: ServerConfiguration, url: DatabaseURL, embedded: EmbeddedPostgres?, logger: Logger) async throws {
         // Fail fast, with one clear line, when the database cannot be reached at all.
         try await url.withConnection(logger: logger) { connection in
-            try await connection.query("SELECT 1", logger: logger)
+            _ = try await connection.query("SELECT 1", logger: logger)
         }
         try await migrate(configuration, url: url, logger: logger)
 
