@@ -18,7 +18,12 @@ public final class ChildProcess: Sendable {
 
     private init(pid: pid_t) { self.pid = pid }
 
-    static func spawn(_ arguments: [String], environment: [String: String]?, directory: String?, output: String?) throws -> ChildProcess {
+    /// - Parameters:
+    ///   - extraDescriptor: a descriptor of ours the child gets as its fd 3.
+    ///   - newSession: start the child in a session of its own (no terminal signals, and a
+    ///     kill of our process group does not reach it).
+    static func spawn(_ arguments: [String], environment: [String: String]?, directory: String?, output: String?,
+                      extraDescriptor: Int32? = nil, newSession: Bool = false) throws -> ChildProcess {
         precondition(!arguments.isEmpty)
         var arguments = arguments
         if let directory {
@@ -32,6 +37,9 @@ public final class ChildProcess: Sendable {
         let target = output ?? "/dev/null"
         posix_spawn_file_actions_addopen(&actions, 1, target, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        if let extraDescriptor {
+            posix_spawn_file_actions_adddup2(&actions, extraDescriptor, 3)
+        }
 
         // NIO and swift-service-lifecycle ignore or block signals in this process; a child
         // must start with the defaults, or `pg_ctl stop` and SIGTERM would not work on it.
@@ -47,7 +55,9 @@ public final class ChildProcess: Sendable {
             sigaddset(&defaults, signal)
         }
         posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var flags = Int32(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
+        if newSession { flags |= 0x80 }  // POSIX_SPAWN_SETSID (glibc 2.26+), not imported by name
+        posix_spawnattr_setflags(&attributes, Int16(flags))
 
         let environmentPairs = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
         var pid: pid_t = 0
@@ -62,7 +72,8 @@ public final class ChildProcess: Sendable {
         return ChildProcess(pid: pid)
     }
 
-    /// Sends `signal` unless the child was already reaped.
+    /// Sends `signal` unless the child was already reaped. Reaping happens only under the
+    /// same lock, so the pid cannot have been recycled for another process meanwhile.
     public func signal(_ signal: Int32) {
         exitStatus.withLock { status in
             if status == nil { kill(pid, signal) }
@@ -73,13 +84,7 @@ public final class ChildProcess: Sendable {
     public var isRunning: Bool {
         exitStatus.withLock { status in
             guard status == nil else { return false }
-            var raw: Int32 = 0
-            let reaped = waitpid(pid, &raw, WNOHANG)
-            if reaped == pid {
-                status = Self.decode(raw)
-                return false
-            }
-            return reaped == 0
+            return !Self.reap(pid, into: &status)
         }
     }
 
@@ -87,18 +92,29 @@ public final class ChildProcess: Sendable {
     public func wait() async -> Int32 {
         if let status = exitStatus.withLock({ $0 }) { return status }
         return await withCheckedContinuation { continuation in
-            // waitpid blocks, so it runs on a thread of its own rather than the cooperative pool.
+            // Blocking waits run on a thread of their own, not the cooperative pool. The wait
+            // leaves the child unreaped (WNOWAIT); it is reaped under the lock, so concurrent
+            // waiters all see the one real status and `signal` never hits a recycled pid.
             Thread.detachNewThread { [self] in
-                var raw: Int32 = 0
-                var reaped: pid_t
-                repeat { reaped = waitpid(pid, &raw, 0) } while reaped == -1 && errno == EINTR
-                let status = exitStatus.withLock { status in
-                    if status == nil, reaped == pid { status = Self.decode(raw) }
+                var info = siginfo_t()
+                while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) == -1, errno == EINTR {}
+                let status = exitStatus.withLock { status -> Int32 in
+                    if status == nil { _ = Self.reap(pid, into: &status) }
                     return status ?? -1
                 }
                 continuation.resume(returning: status)
             }
         }
+    }
+
+    /// Reaps the child if it exited; true when it did (and `status` is set).
+    private static func reap(_ pid: pid_t, into status: inout Int32?) -> Bool {
+        var raw: Int32 = 0
+        var reaped: pid_t
+        repeat { reaped = waitpid(pid, &raw, WNOHANG) } while reaped == -1 && errno == EINTR
+        guard reaped == pid else { return false }
+        status = decode(raw)
+        return true
     }
 
     private static func decode(_ raw: Int32) -> Int32 {

@@ -20,13 +20,13 @@ public final class EmbeddedPostgres: Sendable {
     /// The temporary directory holding the data directory, socket and logs.
     public let baseDirectory: String
     public let binaries: PostgresBinaries
-    private let guardian: ChildProcess
+    private let guardian: SystemProcess.Guardian
     private let logger: Logger
 
     public var dataDirectory: String { baseDirectory + "/data" }
     public var serverLog: String { baseDirectory + "/postgres.log" }
 
-    private init(user: String, password: String, port: Int, baseDirectory: String, binaries: PostgresBinaries, guardian: ChildProcess, logger: Logger) {
+    private init(user: String, password: String, port: Int, baseDirectory: String, binaries: PostgresBinaries, guardian: SystemProcess.Guardian, logger: Logger) {
         self.user = user
         self.password = password
         self.port = port
@@ -55,20 +55,58 @@ public final class EmbeddedPostgres: Sendable {
     ) async throws -> EmbeddedPostgres {
         let binaries = try PostgresBinaries.locate()
         let parent = parentDirectory ?? FileManager.default.temporaryDirectory.path
+        try checkEnterable(parent)
         var template = Array((parent + "/ferry-pg-XXXXXX").utf8CString)
         guard let made = mkdtemp(&template) else {
             throw SystemProcess.Failure(message: "cannot create a temporary directory under \(parent): \(String(cString: strerror(errno)))")
         }
         let base = String(cString: made)
+        // The guardian comes first, so even a kill during initdb or start-up leaves nothing.
+        let guardian: SystemProcess.Guardian
         do {
-            return try await start(in: base, binaries: binaries, database: database, maxConnections: maxConnections, logger: logger)
+            guardian = try SystemProcess.launchGuardian(
+                directory: base,
+                cleanup: #"[ -f "$dir/data/postmaster.pid" ] && "$@" stop -D "$dir/data" -m immediate -w -t 30 -s >/dev/null 2>&1"#,
+                arguments: SystemProcess.unprivileged([binaries.pgCtl]))
         } catch {
             try? FileManager.default.removeItem(atPath: base)
             throw error
         }
+        do {
+            return try await start(in: base, binaries: binaries, guardian: guardian, database: database, maxConnections: maxConnections, logger: logger)
+        } catch {
+            await stopServer(base: base, binaries: binaries, mode: "immediate")
+            try? FileManager.default.removeItem(atPath: base)
+            await SystemProcess.dismiss(guardian)
+            throw error
+        }
     }
 
-    private static func start(in base: String, binaries: PostgresBinaries, database: String?, maxConnections: Int, logger: Logger) async throws -> EmbeddedPostgres {
+    /// When we are root the cluster runs as another account, which must be able to enter
+    /// `parent`; say so plainly instead of letting initdb fail on a permission error.
+    private static func checkEnterable(_ parent: String) throws {
+        guard let account = SystemProcess.unprivilegedAccount else { return }
+        var info = stat()
+        guard stat(parent, &info) == 0 else {
+            throw SystemProcess.Failure(message: "the directory \(parent) for the embedded cluster does not exist")
+        }
+        let enterable = info.st_uid == account.uid ? info.st_mode & S_IXUSR != 0
+            : info.st_gid == account.gid ? info.st_mode & S_IXGRP != 0
+            : info.st_mode & S_IXOTH != 0
+        guard enterable else {
+            throw SystemProcess.Failure(message: "the embedded cluster runs as user \(account.name), who cannot enter \(parent) (chmod o+x it, or choose another --embedded-dir)")
+        }
+    }
+
+    /// Stops a server in `base` if one is (or may be) running.
+    private static func stopServer(base: String, binaries: PostgresBinaries, mode: String) async {
+        guard FileManager.default.fileExists(atPath: base + "/data/postmaster.pid") else { return }
+        try? await SystemProcess.run(SystemProcess.unprivileged([
+            binaries.pgCtl, "stop", "-D", base + "/data", "-m", mode, "-w", "-t", "60", "-s",
+        ]), directory: base, logFile: base + "/setup.log")
+    }
+
+    private static func start(in base: String, binaries: PostgresBinaries, guardian: SystemProcess.Guardian, database: String?, maxConnections: Int, logger: Logger) async throws -> EmbeddedPostgres {
         try SystemProcess.handOver(base)
         let user = "ferry"
         let password = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
@@ -95,17 +133,13 @@ public final class EmbeddedPostgres: Sendable {
                 ]), directory: base, logFile: setupLog)
             } catch {
                 lastError = error
+                // A start that timed out may have left a postmaster booting: stop it first.
+                await stopServer(base: base, binaries: binaries, mode: "immediate")
                 logger.warning("PostgreSQL did not start, retrying on another port", metadata: ["port": "\(port)", "error": "\(error)"])
                 continue
             }
-            let guardian = try launchGuardian(base: base, binaries: binaries)
             let cluster = EmbeddedPostgres(user: user, password: password, port: port, baseDirectory: base, binaries: binaries, guardian: guardian, logger: logger)
-            do {
-                if let database { try await cluster.createDatabase(database) }
-            } catch {
-                try? await cluster.stop()
-                throw error
-            }
+            if let database { try await cluster.createDatabase(database) }
             logger.info("throwaway PostgreSQL cluster is up", metadata: ["port": "\(port)", "directory": "\(base)"])
             return cluster
         }
@@ -132,13 +166,6 @@ public final class EmbeddedPostgres: Sendable {
         try SystemProcess.handOver(path)
     }
 
-    private static func launchGuardian(base: String, binaries: PostgresBinaries) throws -> ChildProcess {
-        try SystemProcess.launchGuardian(
-            directory: base,
-            cleanup: #""$@" stop -D "$dir/data" -m immediate -w -t 30 -s >/dev/null 2>&1"#,
-            arguments: SystemProcess.unprivileged([binaries.pgCtl]))
-    }
-
     /// Creates a database owned by the superuser.
     public func createDatabase(_ name: String) async throws {
         try await SystemProcess.run(SystemProcess.unprivileged([
@@ -147,23 +174,24 @@ public final class EmbeddedPostgres: Sendable {
     }
 
     /// Stops the server (fast shutdown: sessions are ended) and deletes the directory.
+    ///
+    /// If the fast stop fails, an immediate stop is tried; if that fails too, the directory
+    /// and the guardian stay, so the server is still cleaned up when this process exits.
     public func stop() async throws {
-        var failure: (any Error)?
         if FileManager.default.fileExists(atPath: dataDirectory + "/postmaster.pid") {
             do {
                 try await SystemProcess.run(SystemProcess.unprivileged([
                     binaries.pgCtl, "stop", "-D", dataDirectory, "-m", "fast", "-w", "-t", "60", "-s",
                 ]), directory: baseDirectory, logFile: baseDirectory + "/setup.log")
             } catch {
-                failure = error
+                logger.warning("fast stop failed, stopping immediately", metadata: ["error": "\(error)"])
+                try await SystemProcess.run(SystemProcess.unprivileged([
+                    binaries.pgCtl, "stop", "-D", dataDirectory, "-m", "immediate", "-w", "-t", "60", "-s",
+                ]), directory: baseDirectory, logFile: baseDirectory + "/setup.log")
             }
         }
-        await SystemProcess.dismiss(guardian)
-        if let failure {
-            // Leave the directory for a post-mortem; the server may still be running.
-            throw failure
-        }
         try FileManager.default.removeItem(atPath: baseDirectory)
+        await SystemProcess.dismiss(guardian)
         logger.info("throwaway PostgreSQL cluster removed", metadata: ["directory": "\(baseDirectory)"])
     }
 }

@@ -70,28 +70,55 @@ public enum SystemProcess {
         }
     }
 
-    /// Starts a shell loop that outlives a killed owner (SIGKILL leaves no chance to clean
-    /// up): once this process is gone it runs `cleanup` (a shell snippet that gets `$dir`
-    /// and `arguments` as `$@`) and removes `directory`. Once `directory` is gone it just
-    /// exits, so an orderly stop needs nothing more than removing the directory, or
-    /// ``dismiss(_:)`` to end it at once.
-    public static func launchGuardian(directory: String, cleanup: String, arguments: [String]) throws -> ChildProcess {
+    /// Starts a guardian: a shell that outlives a killed owner (SIGKILL leaves no chance to
+    /// clean up) and then runs `cleanup` (a shell snippet that sees `$dir` and `arguments` as
+    /// `$@`) and removes `directory`.
+    ///
+    /// It learns that this process is gone from a pipe: it blocks reading fd 3, whose write end
+    /// only this process holds (close-on-exec, so no child inherits it), and the kernel closes
+    /// that end when we die however we die. It runs in its own session with INT, HUP and TERM
+    /// ignored, so neither a terminal's Ctrl-C nor a kill of our process group stops it early.
+    /// ``dismiss(_:)`` ends it after an orderly clean-up.
+    public static func launchGuardian(directory: String, cleanup: String, arguments: [String]) throws -> Guardian {
+        // A socket pair serves as the pipe: it can be created close-on-exec atomically, so a
+        // child spawned by another thread at this moment cannot inherit the write end.
+        var ends: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
+            throw Failure(message: "socketpair() failed: \(String(cString: strerror(errno)))")
+        }
         let script = """
-            trap '' INT HUP
-            owner=$1; dir=$2; shift 2
-            while kill -0 "$owner" 2>/dev/null && [ -d "$dir" ]; do sleep 1; done
+            trap '' INT HUP TERM
+            dir=$1; shift
+            read -r _ <&3
             if [ -d "$dir" ]; then
               \(cleanup)
               rm -rf "$dir"
             fi
             """
-        return try launch(["/bin/sh", "-c", script, "ferry-guardian", String(getpid()), directory] + arguments)
+        do {
+            let process = try ChildProcess.spawn(
+                ["/bin/sh", "-c", script, "ferry-guardian", directory] + arguments,
+                environment: nil, directory: nil, output: nil, extraDescriptor: ends[0], newSession: true)
+            close(ends[0])
+            return Guardian(process: process, lifeline: ends[1])
+        } catch {
+            close(ends[0])
+            close(ends[1])
+            throw error
+        }
     }
 
-    /// Ends a guardian whose owner cleaned up by itself.
-    public static func dismiss(_ guardian: ChildProcess) async {
-        guardian.signal(SIGKILL)
-        _ = await guardian.wait()
+    /// A running guardian and the write end of its lifeline pipe.
+    public struct Guardian: Sendable {
+        public let process: ChildProcess
+        let lifeline: Int32
+    }
+
+    /// Ends a guardian whose owner cleaned up by itself: closing the lifeline wakes it, and it
+    /// finds the directory gone (or, if not, cleans up as it would after a crash).
+    public static func dismiss(_ guardian: Guardian) async {
+        close(guardian.lifeline)
+        _ = await guardian.process.wait()
     }
 
     /// Whether something accepts TCP connections on 127.0.0.1:`port`.

@@ -56,6 +56,12 @@ import Testing
         sleeper.signal(SIGTERM)
         #expect(await sleeper.wait() == 128 + SIGTERM)
         #expect(!sleeper.isRunning)
+        // Concurrent waiters all get the one real status.
+        let twice = try SystemProcess.launch(["/bin/sh", "-c", "sleep 0.2; exit 7"])
+        async let first = twice.wait()
+        async let second = twice.wait()
+        #expect(await [first, second] == [7, 7])
+        #expect(await twice.wait() == 7)
         let failure = await #expect(throws: SystemProcess.Failure.self) {
             try await SystemProcess.run(["/bin/sh", "-c", "echo broken >&2; exit 2"], logFile: log)
         }

@@ -7,10 +7,10 @@ public final class PgBouncer: Sendable {
     public let port: Int
     public let directory: String
     private let process: ChildProcess
-    private let guardian: ChildProcess
+    private let guardian: SystemProcess.Guardian
     private let upstream: EmbeddedPostgres
 
-    private init(port: Int, directory: String, process: ChildProcess, guardian: ChildProcess, upstream: EmbeddedPostgres) {
+    private init(port: Int, directory: String, process: ChildProcess, guardian: SystemProcess.Guardian, upstream: EmbeddedPostgres) {
         self.port = port
         self.directory = directory
         self.process = process
