@@ -1,12 +1,24 @@
-# Shared by the scripts: puts Swift on PATH and ends leftover throwaway servers.
+# Shared by the scripts: puts Swift on PATH, and gives this run a temporary directory of its
+# own so that clean-up after a crash touches only what this run started.
 export PATH="/opt/swift/usr/bin:$PATH"
 
-# Ends throwaway clusters, PgBouncers and guardians a crashed run may have left.
-cleanup_leftovers() {
-  pkill -f 'ferry-guardian' 2>/dev/null || true
-  for pidfile in "${TMPDIR:-/tmp}"/ferry-pg-*/data/postmaster.pid; do
-    [ -e "$pidfile" ] || continue
-    kill -INT "$(head -n1 "$pidfile")" 2>/dev/null || true
+# Makes $TMPDIR a fresh directory for this run. When we are root the throwaway clusters run as
+# the postgres account, which must be able to enter it.
+use_private_tmpdir() {
+  FERRY_RUN_TMP="$(mktemp -d "${TMPDIR:-/tmp}/ferry-run-XXXXXX")"
+  chmod 755 "$FERRY_RUN_TMP"
+  export TMPDIR="$FERRY_RUN_TMP"
+}
+
+# Ends the servers a crashed run may have left under this run's directory, then removes it.
+# Normally there are none: every cluster and PgBouncer has a guardian that cleans up when its
+# owner dies. Processes are matched by their command line naming this run's directory.
+cleanup_private_tmpdir() {
+  [ -n "${FERRY_RUN_TMP:-}" ] && [ -d "$FERRY_RUN_TMP" ] || return 0
+  for proc in /proc/[0-9]*; do
+    if tr '\0' ' ' <"$proc/cmdline" 2>/dev/null | grep -q -- "$FERRY_RUN_TMP"; then
+      kill -KILL "${proc#/proc/}" 2>/dev/null || true
+    fi
   done
-  pkill -f "${TMPDIR:-/tmp}/ferry-pgbouncer-" 2>/dev/null || true
+  rm -rf "$FERRY_RUN_TMP"
 }

@@ -167,15 +167,18 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         return part.addingPercentEncoding(withAllowedCharacters: allowed) ?? part
     }
 
+    /// The application_name Ferry's connections use unless the URL names one. Always sending
+    /// one matters behind PgBouncer, which then renames a pooled server connection for each
+    /// client instead of leaving the previous client's name on it.
+    public static let defaultApplicationName = "ferryd"
+
     /// The PostgresNIO configuration for this URL.
     public func connectionConfiguration() throws -> PostgresConnection.Configuration {
         var configuration = PostgresConnection.Configuration(
             host: host, port: port, username: user, password: password,
             database: database, tls: try tls())
         configuration.options.connectTimeout = .seconds(Int64(connectTimeout))
-        if let applicationName {
-            configuration.options.additionalStartupParameters.append(("application_name", applicationName))
-        }
+        configuration.options.additionalStartupParameters.append(("application_name", applicationName ?? Self.defaultApplicationName))
         return configuration
     }
 
@@ -185,9 +188,7 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
             host: host, port: port, username: user, password: password,
             database: database, tls: clientTLS())
         configuration.options.connectTimeout = .seconds(connectTimeout)
-        if let applicationName {
-            configuration.options.additionalStartupParameters.append(("application_name", applicationName))
-        }
+        configuration.options.additionalStartupParameters.append(("application_name", applicationName ?? Self.defaultApplicationName))
         return configuration
     }
 

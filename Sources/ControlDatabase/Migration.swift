@@ -43,8 +43,8 @@ public struct Migration: Sendable, Hashable {
         self.name = String(stem[stem.index(after: underscore)...])
         self.sql = sql
         self.checksum = SHA256.hash(data: Data(sql.utf8)).map { String(format: "%02x", $0) }.joined()
-        let leadingComments = sql.split(separator: "\n", omittingEmptySubsequences: false)
-            .map { $0.trimmingCharacters(in: .whitespaces) }
+        let leadingComments = sql.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline)
+            .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
             .prefix { $0.isEmpty || $0.hasPrefix("--") }
         self.isTransactional = !leadingComments.contains(Self.noTransactionMarker)
     }

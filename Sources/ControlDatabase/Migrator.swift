@@ -89,11 +89,10 @@ public struct Migrator: Sendable {
 
     private func run(on connection: PostgresConnection) async throws -> Report {
         // Refuse a drifted or newer database before touching anything.
-        if try await versionTableExists(connection) {
-            try verify(applied: try await appliedVersions(connection))
-        } else {
+        if try await !versionTableExists(connection) {
             try await createBookkeepingTables(connection)
         }
+        try verify(applied: try await appliedVersions(connection))
 
         var report = Report()
         for migration in migrations.migrations {
@@ -232,37 +231,38 @@ public struct Migrator: Sendable {
         let statements = try statements(of: migration)
         let lease = LeaseLock(table: Self.leaseTable, name: "migrations", owner: owner, duration: leaseDuration)
         try await acquire(lease, for: migration, connection)
+        // Workers exist only while their owner holds the lease. Any still running now belong
+        // to a holder whose lease expired (it died, or is cut off and about to notice): end
+        // them, so the same migration never runs twice at once.
+        try? await terminateWorkers(on: connection)
 
         // Set by the heartbeat before it closes the worker, so that the worker's resulting
         // connection error is reported as what it is: a lost lease.
         let leaseLost = LeaseLossFlag()
         do {
-            // The heartbeat needs its own connection: the worker's is busy with long statements.
-            let applied = try await url.withConnection(logger: logger) { heartbeatConnection in
-                try await url.withConnection(logger: logger) { worker in
-                    try await withThrowingTaskGroup(of: Bool?.self) { group in
-                        group.addTask {
-                            try await heartbeat(lease, on: heartbeatConnection, stopping: worker, lost: leaseLost)
-                            return nil
-                        }
-                        group.addTask {
-                            if let checksum = try await appliedChecksum(of: migration, worker) {
-                                try verify(migration, appliedChecksum: checksum)
-                                return false
-                            }
-                            let started = ContinuousClock.now
-                            for statement in statements {
-                                try await worker.query(PostgresQuery(unsafeSQL: statement), logger: logger)
-                            }
-                            try await recordUnderLease(migration, lease, started: started, worker)
-                            logger.info("applied migration", metadata: ["migration": "\(migration.id)", "mode": "lease"])
-                            return true
-                        }
-                        // The first child to finish decides: the work's result, or the heartbeat's error.
-                        let first = try await group.next()!
-                        group.cancelAll()
-                        return first ?? false
+            let applied = try await workerURL.withConnection(logger: logger) { worker in
+                try await withThrowingTaskGroup(of: Bool?.self) { group in
+                    group.addTask {
+                        try await heartbeat(lease, stopping: worker, lost: leaseLost)
+                        return nil
                     }
+                    group.addTask {
+                        if let checksum = try await appliedChecksum(of: migration, worker) {
+                            try verify(migration, appliedChecksum: checksum)
+                            return false
+                        }
+                        let started = ContinuousClock.now
+                        for statement in statements {
+                            try await worker.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                        }
+                        try await recordUnderLease(migration, lease, started: started, worker)
+                        logger.info("applied migration", metadata: ["migration": "\(migration.id)", "mode": "lease"])
+                        return true
+                    }
+                    // The first child to finish decides: the work's result, or the heartbeat's error.
+                    let first = try await group.next()!
+                    group.cancelAll()
+                    return first ?? false
                 }
             }
             try? await lease.release(on: connection, logger: logger)
@@ -305,16 +305,83 @@ public struct Migrator: Sendable {
         }
     }
 
-    /// Renews every third of the lease; on failure closes the worker so its statement stops.
-    private func heartbeat(_ lease: LeaseLock, on connection: PostgresConnection, stopping worker: PostgresConnection, lost: LeaseLossFlag) async throws {
-        while true {
-            try await Task.sleep(for: leaseDuration / 3)
-            let renewed = (try? await lease.renew(on: connection, logger: logger)) ?? false
-            if !renewed {
+    /// The application_name of non-transactional workers, so that a lease's loser and its
+    /// successor can find them in pg_stat_activity (PgBouncer passes it on to the server).
+    static let workerApplicationName = "ferry-migrate-worker"
+
+    private var workerURL: DatabaseURL {
+        var url = url
+        url.applicationName = Self.workerApplicationName
+        return url
+    }
+
+    /// Only busy sessions count: behind PgBouncer an idle pooled server connection may still
+    /// carry a worker's application_name after the worker left (every Ferry connection sets its
+    /// own name, so PgBouncer renames it when another client takes it).
+    private func terminateWorkers(on connection: PostgresConnection) async throws {
+        try await connection.query("""
+            SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = \(Self.workerApplicationName) AND datname = current_database()
+               AND state <> 'idle' AND pid <> pg_backend_pid()
+            """, logger: logger)
+    }
+
+    /// Renews every third of the lease, on a connection of its own (the worker's is busy
+    /// with long statements). A failed or unanswered renewal is retried, on a new connection,
+    /// until the lease would have expired by our own clock; then it counts as lost: the
+    /// worker's statement is terminated on the server and its connection closed.
+    private func heartbeat(_ lease: LeaseLock, stopping worker: PostgresConnection, lost: LeaseLossFlag) async throws {
+        let interval = leaseDuration / 3
+        // Give up a little before the database would hand the lease to someone else.
+        let margin = leaseDuration / 10
+        var mustRenewBy = ContinuousClock.now + leaseDuration - margin
+        var connection: PostgresConnection?
+        do {
+            while true {
+                try await Task.sleep(for: interval)
+                if connection == nil { connection = try? await url.connect(logger: logger, id: 1) }
+                let outcome: Bool? = if let connection { await renew(lease, on: connection, within: interval) } else { nil }
+                if outcome == true {
+                    mustRenewBy = ContinuousClock.now + leaseDuration - margin
+                    continue
+                }
+                if outcome == nil {
+                    try? await connection?.close()
+                    connection = nil
+                    if ContinuousClock.now < mustRenewBy {
+                        logger.warning("could not renew the migration lease, retrying", metadata: ["lease_owner": "\(owner)"])
+                        continue
+                    }
+                }
                 lost.set()
+                if let connection {
+                    try? await terminateWorkers(on: connection)
+                } else if let fresh = try? await url.connect(logger: logger, id: 1) {
+                    try? await terminateWorkers(on: fresh)
+                    try? await fresh.close()
+                }
                 try? await worker.close()
                 throw leaseLostError
             }
+        } catch {
+            try? await connection?.close()
+            throw error
+        }
+    }
+
+    /// true: renewed; false: someone else holds it; nil: an error, or no answer within
+    /// `limit` (then the connection is closed, which also ends the hanging query).
+    private func renew(_ lease: LeaseLock, on connection: PostgresConnection, within limit: Duration) async -> Bool? {
+        await withTaskGroup(of: Bool?.self) { group in
+            group.addTask { try? await lease.renew(on: connection, logger: logger) }
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                if !Task.isCancelled { try? await connection.close() }
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
         }
     }
 

@@ -3,7 +3,13 @@
 /// PostgresNIO speaks only the extended query protocol, which runs one statement per
 /// message, and `CREATE INDEX CONCURRENTLY` must run as a statement of its own; so a
 /// migration file is cut at top-level semicolons. Semicolons inside quoted strings,
-/// quoted identifiers, dollar-quoted bodies and comments do not cut.
+/// quoted identifiers, dollar-quoted bodies, comments and parentheses (`CREATE RULE … DO
+/// (…; …)`) do not cut.
+///
+/// Two things are refused rather than guessed at: SQL-standard `BEGIN ATOMIC … END`
+/// bodies (their inner semicolons need a full parser; use a dollar-quoted body), and
+/// transaction control (`BEGIN`, `COMMIT`, …), which would end the transaction Ferry runs
+/// a migration in and with it the lock that serializes migrators.
 public enum SQLScript {
     /// Why a script could not be split.
     public struct SplitError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -19,12 +25,20 @@ public enum SQLScript {
         var hasCode = false
         var index = 0
         var line = 1
+        var depth = 0
+        var statementLine = 1
+        // The statement's code outside strings and comments, for the keyword checks.
+        var code = ""
 
-        func flush() {
+        func flush() throws(SplitError) {
             let statement = String(current).trimmingWhitespace()
-            if hasCode, !statement.isEmpty { statements.append(statement) }
+            if hasCode, !statement.isEmpty {
+                try check(code, line: statementLine)
+                statements.append(statement)
+            }
             current = String.UnicodeScalarView()
             hasCode = false
+            code = ""
         }
         func peek(_ offset: Int) -> Unicode.Scalar? {
             index + offset < text.count ? text[index + offset] : nil
@@ -43,6 +57,7 @@ public enum SQLScript {
             case "-" where peek(1) == "-":
                 var end = index
                 while end < text.count, text[end] != "\n" { end += 1 }
+                code += " "
                 copy(through: end)
             case "/" where peek(1) == "*":
                 // PostgreSQL block comments nest.
@@ -62,6 +77,7 @@ public enum SQLScript {
                         throw SplitError(message: "unterminated /* comment starting on line \(startLine)")
                     }
                 } while depth > 0
+                code += " "
                 copy(through: end)
             case "'", "\"":
                 let startLine = line
@@ -88,6 +104,7 @@ public enum SQLScript {
                     end += 1
                 }
                 hasCode = true
+                code += " "
                 copy(through: end)
             case "$" where index == 0 || !Self.isIdentifierScalar(text[index - 1]):
                 // A dollar quote is $tag$ … $tag$ with an optional identifier tag; `$1` is a parameter.
@@ -97,6 +114,7 @@ public enum SQLScript {
                 }
                 guard tagEnd < text.count, text[tagEnd] == "$" else {
                     hasCode = true
+                    code += "$"
                     copy(through: index + 1)
                     continue
                 }
@@ -116,17 +134,38 @@ public enum SQLScript {
                     throw SplitError(message: "unterminated dollar-quoted string \(String(String.UnicodeScalarView(tag))) starting on line \(startLine)")
                 }
                 hasCode = true
+                code += " "
                 copy(through: end)
-            case ";":
+            case ";" where depth == 0:
                 index += 1
-                flush()
+                try flush()
+                statementLine = line
             default:
-                if !scalar.properties.isWhitespace { hasCode = true }
+                if scalar == "(" { depth += 1 }
+                if scalar == ")", depth > 0 { depth -= 1 }
+                if !scalar.properties.isWhitespace {
+                    if !hasCode { statementLine = line }
+                    hasCode = true
+                }
+                code.unicodeScalars.append(scalar)
                 copy(through: index + 1)
             }
         }
-        flush()
+        try flush()
         return statements
+    }
+
+    private static let transactionControl: Set<String> = ["BEGIN", "COMMIT", "ROLLBACK", "END", "START", "ABORT", "SAVEPOINT", "RELEASE", "PREPARE"]
+
+    private static func check(_ code: String, line: Int) throws(SplitError) {
+        let words = code.uppercased().split { !($0.isLetter || $0 == "_") }
+        if let first = words.first, transactionControl.contains(String(first)),
+           !(first == "PREPARE" && words.dropFirst().first != "TRANSACTION") {
+            throw SplitError(message: "transaction control (\(first)) on line \(line): Ferry runs each migration in its own transaction (or, with -- ferry:no-transaction, statement by statement); remove it")
+        }
+        for (word, next) in zip(words, words.dropFirst()) where word == "BEGIN" && next == "ATOMIC" {
+            throw SplitError(message: "BEGIN ATOMIC body in the statement on line \(line) is not supported in migrations; write the function body dollar-quoted (AS $$ … $$)")
+        }
     }
 
     private static func isIdentifierScalar(_ scalar: Unicode.Scalar) -> Bool {

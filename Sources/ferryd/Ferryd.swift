@@ -126,6 +126,9 @@ struct Serve: AsyncParsableCommand {
         var configuration = ServerConfiguration()
         try database.resolve(into: &configuration)
         let logger = try database.makeLogger()
+        if configuration.databaseURL == nil, configuration.migrationDatabaseURL != nil {
+            throw StartupError("a migration database URL is set but no database URL: the embedded default migrates its own cluster, so set FERRY_DATABASE_URL too, or neither")
+        }
         if let address = opsAddress ?? environment["FERRY_OPS_ADDRESS"] {
             let source = opsAddress != nil ? "--ops-address" : "FERRY_OPS_ADDRESS"
             guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),

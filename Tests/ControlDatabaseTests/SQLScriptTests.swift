@@ -23,6 +23,38 @@ import Testing
         #expect(statements[3] == "SELECT $$x;y$$, $1")
     }
 
+    @Test func keepsSemicolonsInsideParentheses() throws {
+        let script = "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2));\nSELECT 1;"
+        let statements = try SQLScript.statements(in: script)
+        #expect(statements.count == 2)
+        #expect(statements[0].hasSuffix("INSERT INTO b VALUES (2))"))
+    }
+
+    @Test(arguments: [
+        ("CREATE TABLE a (x int);\nCOMMIT;", "transaction control (COMMIT) on line 2"),
+        ("BEGIN;\nCREATE TABLE a (x int);", "transaction control (BEGIN) on line 1"),
+        ("-- note\nstart transaction;", "transaction control (START) on line 2"),
+        ("CREATE FUNCTION f() RETURNS int LANGUAGE sql\nBEGIN ATOMIC SELECT 1; SELECT 2; END;", "BEGIN ATOMIC body in the statement on line 1"),
+    ])
+    func refusesTransactionControlAndBeginAtomic(script: String, fragment: String) {
+        let error = #expect(throws: SQLScript.SplitError.self) { try SQLScript.statements(in: script) }
+        #expect(error?.message.contains(fragment) == true, "\(error?.message ?? "")")
+    }
+
+    @Test func keywordsInsideStringsAndBodiesAreNotTransactionControl() throws {
+        let statements = try SQLScript.statements(in: """
+            COMMENT ON TABLE t IS 'BEGIN; COMMIT';
+            CREATE FUNCTION g() RETURNS void LANGUAGE plpgsql AS $$ BEGIN PERFORM 1; END $$;
+            PREPARE q AS SELECT 1;
+            """)
+        #expect(statements.count == 3)
+    }
+
+    @Test func theNoTransactionMarkerIsFoundInCRLFFiles() throws {
+        let migration = try Migration(fileName: "0002_x.sql", sql: "-- ferry:no-transaction\r\nCREATE INDEX CONCURRENTLY i ON t (x);\r\n")
+        #expect(!migration.isTransactional)
+    }
+
     @Test func dropsCommentOnlyAndEmptyStatements() throws {
         #expect(try SQLScript.statements(in: "-- only a comment\n;;  ;\n/* c */") == [])
     }

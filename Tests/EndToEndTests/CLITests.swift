@@ -18,6 +18,12 @@ import Testing
         #expect(result.output.contains("Unknown option '--no-such-flag'"))
     }
 
+    @Test func serveRefusesAMigrationURLWithoutADatabaseURL() async throws {
+        let result = try await RunningProcess.run([FerryBinaries.ferryd, "serve"], environment: ["FERRY_MIGRATION_DATABASE_URL": "postgres://u:pw@127.0.0.1:1/d"])
+        #expect(result.status == 1)
+        #expect(result.lines == ["ferryd: error: a migration database URL is set but no database URL: the embedded default migrates its own cluster, so set FERRY_DATABASE_URL too, or neither"])
+    }
+
     @Test func migrateWithoutADatabaseSaysWhatToSet() async throws {
         let result = try await RunningProcess.run([FerryBinaries.ferryd, "migrate"])
         #expect(result.status == 1)
