@@ -5,6 +5,7 @@ let package = Package(
     name: "ferry",
     platforms: [.macOS(.v15)],
     products: [
+        .library(name: "FerryClient", targets: ["FerryClient"]),
         .executable(name: "ferryd", targets: ["ferryd"]),
         .executable(name: "ferry", targets: ["ferry"]),
     ],
@@ -18,10 +19,49 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
     ],
     targets: [
         // Shared by every executable: the version and small value types.
         .target(name: "FerryCore"),
+
+        // The ferry/1 wire protocol shared by server and client: frames, framing, status
+        // codes, and the message types of proto/ferry/v1.
+        .target(
+            name: "FerryProtocol",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+
+        // The RPC server: TLS, connections, streams, limits, authentication, method routing.
+        .target(
+            name: "FerryRPC",
+            dependencies: [
+                "FerryProtocol",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
+
+        // The Swift client library: one TLS connection carrying many calls.
+        .target(
+            name: "FerryClient",
+            dependencies: [
+                "FerryProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
 
         // Ferry's control database: DSNs, connections, and the migration runner.
         .target(
@@ -53,6 +93,8 @@ let package = Package(
                 "FerryCore",
                 "ControlDatabase",
                 "EmbeddedPostgres",
+                "FerryProtocol",
+                "FerryRPC",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -77,6 +119,8 @@ let package = Package(
             name: "ferry",
             dependencies: [
                 "FerryCore",
+                "FerryClient",
+                "FerryProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -86,6 +130,7 @@ let package = Package(
             name: "FerryTestSupport",
             dependencies: [
                 "ControlDatabase",
+                "FerryRPC",
                 "EmbeddedPostgres",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -93,6 +138,16 @@ let package = Package(
             path: "Tests/FerryTestSupport"
         ),
 
+        .testTarget(
+            name: "FerryProtocolTests",
+            dependencies: ["FerryProtocol", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "FerryRPCTests",
+            dependencies: ["FerryRPC", "FerryClient", "FerryProtocol", "FerryTestSupport",
+                           .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
+                           .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl")]
+        ),
         .testTarget(
             name: "ControlDatabaseTests",
             dependencies: ["ControlDatabase", "FerryTestSupport"]

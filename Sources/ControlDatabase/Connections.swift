@@ -32,3 +32,16 @@ extension DatabaseURL {
         }
     }
 }
+
+extension PostgresConnection {
+    /// Runs one statement and reads its whole result before returning.
+    ///
+    /// PostgresNIO's `query` returns as soon as rows can stream; a result left unread keeps
+    /// the connection from reading further (back-pressure), so a later statement, or the
+    /// server ending the session, would never be noticed. Every control-database statement
+    /// goes through here.
+    @discardableResult
+    public func execute(_ query: PostgresQuery, logger: Logger) async throws -> [PostgresRow] {
+        try await self.query(query, logger: logger).collect()
+    }
+}

@@ -44,7 +44,7 @@ public struct LeaseLock: Sendable {
 
     /// Takes the lease if it is free, expired, or already ours (which renews it).
     public func tryAcquire(on connection: PostgresConnection, logger: Logger) async throws -> Attempt {
-        let rows = try await connection.query(PostgresQuery(unsafeSQL: """
+        let rows = try await connection.execute(PostgresQuery(unsafeSQL: """
             INSERT INTO \(table) AS lease (name, owner, acquired_at, renewed_at, expires_at)
             VALUES ($1, $2, now(), now(), now() + $3 * interval '1 millisecond')
             ON CONFLICT (name) DO UPDATE
@@ -52,14 +52,15 @@ public struct LeaseLock: Sendable {
              WHERE lease.expires_at < now() OR lease.owner = EXCLUDED.owner
             RETURNING owner
             """, binds: leaseBinds), logger: logger)
-        for try await _ in rows { return .acquired }
+        if !rows.isEmpty { return .acquired }
 
         var holderBinds = PostgresBindings()
         holderBinds.append(name)
-        let holder = try await connection.query(PostgresQuery(unsafeSQL: """
+        let holder = try await connection.execute(PostgresQuery(unsafeSQL: """
             SELECT owner, extract(epoch FROM expires_at - now())::float8 FROM \(table) WHERE name = $1
             """, binds: holderBinds), logger: logger)
-        for try await (holderOwner, expiresIn) in holder.decode((String, Double).self) {
+        if let row = holder.first {
+            let (holderOwner, expiresIn) = try row.decode((String, Double).self)
             return .heldBy(owner: holderOwner, expiresIn: expiresIn)
         }
         // Released between the two statements: report it as free-but-not-ours; callers retry.
@@ -68,13 +69,12 @@ public struct LeaseLock: Sendable {
 
     /// Extends the lease if we still hold it; `false` means it was lost.
     public func renew(on connection: PostgresConnection, logger: Logger) async throws -> Bool {
-        let rows = try await connection.query(PostgresQuery(unsafeSQL: """
+        let rows = try await connection.execute(PostgresQuery(unsafeSQL: """
             UPDATE \(table) SET renewed_at = now(), expires_at = now() + $3 * interval '1 millisecond'
              WHERE name = $1 AND owner = $2 AND expires_at >= now()
             RETURNING owner
             """, binds: leaseBinds), logger: logger)
-        for try await _ in rows { return true }
-        return false
+        return !rows.isEmpty
     }
 
     /// Gives the lease up, only if it is still ours.
@@ -82,7 +82,7 @@ public struct LeaseLock: Sendable {
         var binds = PostgresBindings()
         binds.append(name)
         binds.append(owner)
-        try await connection.query(PostgresQuery(unsafeSQL: """
+        try await connection.execute(PostgresQuery(unsafeSQL: """
             DELETE FROM \(table) WHERE name = $1 AND owner = $2
             """, binds: binds), logger: logger)
     }

@@ -118,7 +118,7 @@ public struct Migrator: Sendable {
     private func versionTableExists(_ connection: PostgresConnection) async throws -> Bool {
         let rows = try await query(connection, "checking for \(Self.versionTable)",
             "SELECT to_regclass('\(Self.versionTable)') IS NOT NULL")
-        for try await exists in rows.decode(Bool.self) { return exists }
+        if let row = rows.first { return try row.decode(Bool.self) }
         return false
     }
 
@@ -132,8 +132,8 @@ public struct Migrator: Sendable {
             attempt += 1
             do {
                 try await connection.withTransaction(logger: logger) { transaction in
-                    try await transaction.query("SELECT pg_advisory_xact_lock(\(Self.advisoryNamespace), \(Self.advisoryMigrations))", logger: logger)
-                    try await transaction.query(PostgresQuery(unsafeSQL: """
+                    try await transaction.execute("SELECT pg_advisory_xact_lock(\(Self.advisoryNamespace), \(Self.advisoryMigrations))", logger: logger)
+                    try await transaction.execute(PostgresQuery(unsafeSQL: """
                         CREATE TABLE IF NOT EXISTS \(Self.versionTable) (
                             version      integer PRIMARY KEY,
                             name         text NOT NULL,
@@ -143,7 +143,7 @@ public struct Migrator: Sendable {
                             duration_ms  integer NOT NULL
                         )
                         """), logger: logger)
-                    try await transaction.query(PostgresQuery(unsafeSQL: """
+                    try await transaction.execute(PostgresQuery(unsafeSQL: """
                         CREATE TABLE IF NOT EXISTS \(Self.leaseTable) (
                             name         text PRIMARY KEY,
                             owner        text NOT NULL,
@@ -170,14 +170,14 @@ public struct Migrator: Sendable {
         let rows = try await query(connection, "reading \(Self.versionTable)",
             "SELECT version, name, checksum FROM \(Self.versionTable) ORDER BY version")
         var result: [(Int, String, String)] = []
-        for try await row in rows.decode((Int, String, String).self) { result.append(row) }
+        for row in rows { result.append(try row.decode((Int, String, String).self)) }
         return result
     }
 
     private func appliedChecksum(of migration: Migration, _ connection: PostgresConnection) async throws -> String? {
         let rows = try await query(connection, "reading \(Self.versionTable)",
             "SELECT checksum FROM \(Self.versionTable) WHERE version = \(migration.version)")
-        for try await checksum in rows.decode(String.self) { return checksum }
+        if let row = rows.first { return try row.decode(String.self) }
         return nil
     }
 
@@ -209,13 +209,13 @@ public struct Migrator: Sendable {
         let started = ContinuousClock.now
         do {
             return try await connection.withTransaction(logger: logger) { transaction in
-                try await transaction.query("SELECT pg_advisory_xact_lock(\(Self.advisoryNamespace), \(Self.advisoryMigrations))", logger: logger)
+                try await transaction.execute("SELECT pg_advisory_xact_lock(\(Self.advisoryNamespace), \(Self.advisoryMigrations))", logger: logger)
                 if let checksum = try await appliedChecksum(of: migration, transaction) {
                     try verify(migration, appliedChecksum: checksum)
                     return false
                 }
                 for statement in statements {
-                    try await transaction.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                    try await transaction.execute(PostgresQuery(unsafeSQL: statement), logger: logger)
                 }
                 try await record(migration, started: started, transaction)
                 logger.info("applied migration", metadata: ["migration": "\(migration.id)", "mode": "transaction"])
@@ -253,7 +253,7 @@ public struct Migrator: Sendable {
                         }
                         let started = ContinuousClock.now
                         for statement in statements {
-                            try await worker.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                            try await worker.execute(PostgresQuery(unsafeSQL: statement), logger: logger)
                         }
                         try await recordUnderLease(migration, lease, started: started, worker)
                         logger.info("applied migration", metadata: ["migration": "\(migration.id)", "mode": "lease"])
@@ -319,7 +319,7 @@ public struct Migrator: Sendable {
     /// carry a worker's application_name after the worker left (every Ferry connection sets its
     /// own name, so PgBouncer renames it when another client takes it).
     private func terminateWorkers(on connection: PostgresConnection) async throws {
-        try await connection.query("""
+        try await connection.execute("""
             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
              WHERE application_name = \(Self.workerApplicationName) AND datname = current_database()
                AND state <> 'idle' AND pid <> pg_backend_pid()
@@ -327,9 +327,14 @@ public struct Migrator: Sendable {
     }
 
     /// Renews every third of the lease, on a connection of its own (the worker's is busy
-    /// with long statements). A failed or unanswered renewal is retried, on a new connection,
-    /// until the lease would have expired by our own clock; then it counts as lost: the
-    /// worker's statement is terminated on the server and its connection closed.
+    /// with long statements). A failed renewal is retried, on a new connection, until the lease
+    /// would have expired by our own clock; then it counts as lost: the worker's session is
+    /// terminated on the server, which also fails its statement here.
+    ///
+    /// A renewal that hangs (no answer, no error) is not raced against a timer: closing a
+    /// PostgresNIO connection under a query in flight proved able to strand that query, so a
+    /// silent network partition is left to TCP to detect. A hung heartbeat cannot keep the
+    /// lease: the database lets it expire, and the successor terminates our worker.
     private func heartbeat(_ lease: LeaseLock, stopping worker: PostgresConnection, lost: LeaseLossFlag) async throws {
         let interval = leaseDuration / 3
         // Give up a little before the database would hand the lease to someone else.
@@ -340,27 +345,33 @@ public struct Migrator: Sendable {
             while true {
                 try await Task.sleep(for: interval)
                 if connection == nil { connection = try? await url.connect(logger: logger, id: 1) }
-                let outcome: Bool? = if let connection { await renew(lease, on: connection, within: interval) } else { nil }
+                var outcome: Bool?
+                if let connection {
+                    do {
+                        outcome = try await lease.renew(on: connection, logger: logger)
+                    } catch {
+                        // The query is over (it failed), so closing cannot strand it.
+                        try? await connection.close()
+                    }
+                }
+                if outcome == nil { connection = nil }
                 if outcome == true {
                     mustRenewBy = ContinuousClock.now + leaseDuration - margin
                     continue
                 }
-                if outcome == nil {
-                    try? await connection?.close()
-                    connection = nil
-                    if ContinuousClock.now < mustRenewBy {
-                        logger.warning("could not renew the migration lease, retrying", metadata: ["lease_owner": "\(owner)"])
-                        continue
-                    }
+                if outcome == nil, ContinuousClock.now < mustRenewBy {
+                    logger.warning("could not renew the migration lease, retrying", metadata: ["lease_owner": "\(owner)"])
+                    continue
                 }
                 lost.set()
+                var terminated = false
                 if let connection {
-                    try? await terminateWorkers(on: connection)
+                    terminated = (try? await terminateWorkers(on: connection)) != nil
                 } else if let fresh = try? await url.connect(logger: logger, id: 1) {
-                    try? await terminateWorkers(on: fresh)
+                    terminated = (try? await terminateWorkers(on: fresh)) != nil
                     try? await fresh.close()
                 }
-                try? await worker.close()
+                if !terminated { try? await worker.close() }
                 throw leaseLostError
             }
         } catch {
@@ -369,24 +380,8 @@ public struct Migrator: Sendable {
         }
     }
 
-    /// true: renewed; false: someone else holds it; nil: an error, or no answer within
-    /// `limit` (then the connection is closed, which also ends the hanging query).
-    private func renew(_ lease: LeaseLock, on connection: PostgresConnection, within limit: Duration) async -> Bool? {
-        await withTaskGroup(of: Bool?.self) { group in
-            group.addTask { try? await lease.renew(on: connection, logger: logger) }
-            group.addTask {
-                try? await Task.sleep(for: limit)
-                if !Task.isCancelled { try? await connection.close() }
-                return nil
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first
-        }
-    }
-
     private func record(_ migration: Migration, started: ContinuousClock.Instant, _ connection: PostgresConnection) async throws {
-        try await connection.query("""
+        try await connection.execute("""
             INSERT INTO ferry_schema_migrations (version, name, checksum, applied_by, duration_ms)
             VALUES (\(migration.version), \(migration.name), \(migration.checksum), \(owner), \(Self.milliseconds(since: started)))
             """, logger: logger)
@@ -394,13 +389,13 @@ public struct Migrator: Sendable {
 
     /// Records the version only while the lease is still ours, in one statement.
     private func recordUnderLease(_ migration: Migration, _ lease: LeaseLock, started: ContinuousClock.Instant, _ connection: PostgresConnection) async throws {
-        let rows = try await connection.query("""
+        let rows = try await connection.execute("""
             INSERT INTO ferry_schema_migrations (version, name, checksum, applied_by, duration_ms)
             SELECT \(migration.version), \(migration.name), \(migration.checksum), \(owner), \(Self.milliseconds(since: started))
              WHERE EXISTS (SELECT 1 FROM ferry_migration_lease WHERE name = \(lease.name) AND owner = \(owner) AND expires_at >= now())
             RETURNING version
             """, logger: logger)
-        for try await _ in rows { return }
+        if !rows.isEmpty { return }
         throw MigrationError(code: .leaseLost, message:
             "lost the migration lease before recording \(migration.id); it will be rerun from the top")
     }
@@ -415,9 +410,9 @@ public struct Migrator: Sendable {
         }
     }
 
-    private func query(_ connection: PostgresConnection, _ context: String, _ sql: String) async throws -> PostgresRowSequence {
+    private func query(_ connection: PostgresConnection, _ context: String, _ sql: String) async throws -> [PostgresRow] {
         do {
-            return try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+            return try await connection.execute(PostgresQuery(unsafeSQL: sql), logger: logger)
         } catch {
             throw DatabaseError(running: context, error: error)
         }

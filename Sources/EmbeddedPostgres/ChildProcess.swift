@@ -40,6 +40,10 @@ public final class ChildProcess: Sendable {
         if let extraDescriptor {
             posix_spawn_file_actions_adddup2(&actions, extraDescriptor, 3)
         }
+        // Nothing else of ours may reach the child. NIO does not open its sockets close-on-exec,
+        // so without this a postmaster (which outlives us) or a guardian would inherit every
+        // connection we have open, and a connection we close would stay open in the child.
+        closeInheritedDescriptors(&actions, from: extraDescriptor == nil ? 3 : 4)
 
         // NIO and swift-service-lifecycle ignore or block signals in this process; a child
         // must start with the defaults, or `pg_ctl stop` and SIGTERM would not work on it.
@@ -89,21 +93,23 @@ public final class ChildProcess: Sendable {
     }
 
     /// Waits for the child to exit; the exit code, or 128 + signal number.
+    ///
+    /// It polls (every 10 ms at first, backing off to 100 ms) instead of parking a thread in
+    /// waitpid: a blocking wait per child meant a thread per child, and with many children the
+    /// dispatch thread pool behind Swift concurrency was seen to stall. Reaping happens only
+    /// under the lock, so concurrent waiters all see the one real status and `signal` never
+    /// hits a recycled pid.
     public func wait() async -> Int32 {
-        if let status = exitStatus.withLock({ $0 }) { return status }
-        return await withCheckedContinuation { continuation in
-            // Blocking waits run on a thread of their own, not the cooperative pool. The wait
-            // leaves the child unreaped (WNOWAIT); it is reaped under the lock, so concurrent
-            // waiters all see the one real status and `signal` never hits a recycled pid.
-            Thread.detachNewThread { [self] in
-                var info = siginfo_t()
-                while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) == -1, errno == EINTR {}
-                let status = exitStatus.withLock { status -> Int32 in
-                    if status == nil { _ = Self.reap(pid, into: &status) }
-                    return status ?? -1
-                }
-                continuation.resume(returning: status)
+        var interval = Duration.milliseconds(10)
+        while true {
+            if let status = exitStatus.withLock({ status -> Int32? in
+                if status == nil { _ = Self.reap(pid, into: &status) }
+                return status
+            }) {
+                return status
             }
+            try? await Task.sleep(for: interval)
+            interval = min(interval * 2, .milliseconds(100))
         }
     }
 
@@ -120,6 +126,21 @@ public final class ChildProcess: Sendable {
     private static func decode(_ raw: Int32) -> Int32 {
         let signal = raw & 0x7f
         return signal == 0 ? (raw >> 8) & 0xff : 128 + signal
+    }
+}
+
+/// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34+), which Swift's Glibc module does
+/// not import; looked up at run time so older systems fall back to listing /proc/self/fd.
+private let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+    guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+    return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+}()
+
+private func closeInheritedDescriptors(_ actions: inout posix_spawn_file_actions_t, from lowest: Int32) {
+    if let addCloseFrom, addCloseFrom(&actions, lowest) == 0 { return }
+    let open = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    for descriptor in open.compactMap(Int32.init) where descriptor >= lowest {
+        posix_spawn_file_actions_addclose(&actions, descriptor)
     }
 }
 

@@ -59,7 +59,7 @@ public enum FerryServer {
     private static func serve(_ configuration: ServerConfiguration, url: DatabaseURL, embedded: EmbeddedPostgres?, logger: Logger) async throws {
         // Fail fast, with one clear line, when the database cannot be reached at all.
         try await url.withConnection(logger: logger) { connection in
-            _ = try await connection.query("SELECT 1", logger: logger)
+            try await connection.execute("SELECT 1", logger: logger)
         }
         try await migrate(configuration, url: url, logger: logger)
 
@@ -99,7 +99,7 @@ public enum FerryServer {
         await withTaskGroup(of: Bool.self) { group in
             group.addTask {
                 do {
-                    try await client.query("SELECT 1", logger: logger)
+                    _ = try await client.query("SELECT 1", logger: logger).collect()
                     return true
                 } catch {
                     return false

@@ -15,9 +15,8 @@ import Testing
 
         let url = try DatabaseURL(parsing: cluster.url(database: "made_here"))
         let user = try await url.withConnection(logger: logger) { connection in
-            let rows = try await connection.query("SELECT current_user || '@' || current_database()", logger: logger)
-            for try await text in rows.decode(String.self) { return text }
-            return ""
+            let rows = try await connection.execute("SELECT current_user || '@' || current_database()", logger: logger)
+            return try rows.first?.decode(String.self) ?? ""
         }
         #expect(user == "ferry@made_here")
 

@@ -22,13 +22,13 @@ import Testing
 
         let holder = try RunningProcess.start(arguments, environment: environment)
         // Wait until it holds the lease and sleeps inside the migration.
-        var sleeping = false
+        var holderSleeping = false
         for _ in 0..<200 {
-            sleeping = try await scalar(url, "SELECT count(*)::int FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'SELECT pg_sleep(CASE%' AND state = 'active'") == 1
-            if sleeping { break }
+            holderSleeping = try await scalar(url, "SELECT count(*)::int FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'SELECT pg_sleep(CASE%' AND state = 'active'") == 1
+            if holderSleeping { break }
             try await Task.sleep(for: .milliseconds(100))
         }
-        #expect(sleeping, "the first migrator never reached the slow migration: \(holder.output)")
+        #expect(holderSleeping, "the first migrator never reached the slow migration: \(holder.output)")
         let leaseOwner = try await scalar(url, "SELECT count(*)::int FROM ferry_migration_lease WHERE name = 'migrations' AND expires_at > now()")
         #expect(leaseOwner == 1)
         // Recorded in the database, so that the takeover time can be checked against it.
@@ -54,7 +54,13 @@ import Testing
         // (the last expiry seen before the kill is a lower bound).
         #expect(try await scalar(url, "SELECT (applied_at >= (SELECT expires_at FROM lease_before_kill))::int FROM ferry_schema_migrations WHERE version = 3") == 1)
         #expect(try await scalar(url, "SELECT count(*)::int FROM ferry_migration_lease") == 0)
-        // The successor ended the dead holder's statement, which was still sleeping on the server.
-        #expect(try await scalar(url, "SELECT count(*)::int FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%SELECT pg_sleep(CASE%' AND pid <> pg_backend_pid()") == 0)
+        // The successor ended the dead holder's statement, which was still sleeping on the server
+        // (termination is a signal: give the backend a moment to exit).
+        var sleeping = -1
+        for _ in 0..<50 where sleeping != 0 {
+            sleeping = try await scalar(url, "SELECT count(*)::int FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%SELECT pg_sleep(CASE%' AND pid <> pg_backend_pid()")
+            if sleeping != 0 { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(sleeping == 0, "the dead holder's statement still runs")
     }
 }

@@ -18,9 +18,8 @@ import Testing
 
     private func versionTable(_ url: DatabaseURL) async throws -> String {
         try await url.withConnection(logger: logger) { connection in
-            let rows = try await connection.query("SELECT string_agg(version || ':' || checksum || ':' || applied_at, ',' ORDER BY version) FROM ferry_schema_migrations", logger: logger)
-            for try await text in rows.decode(String.self) { return text }
-            return ""
+            let rows = try await connection.execute("SELECT string_agg(version || ':' || checksum || ':' || applied_at, ',' ORDER BY version) FROM ferry_schema_migrations", logger: logger)
+            return try rows.first?.decode(String.self) ?? ""
         }
     }
 

@@ -8,18 +8,20 @@ public enum ControlQueries {
     /// Runs one query and returns its single integer (-1 when it returns no row).
     public static func scalar(_ url: DatabaseURL, _ sql: String, logger: Logger = testLogger()) async throws -> Int {
         try await url.withConnection(logger: logger) { connection in
-            let rows = try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
-            for try await value in rows.decode(Int.self) { return value }
-            return -1
+            let rows = try await connection.execute(PostgresQuery(unsafeSQL: sql), logger: logger)
+            return try rows.first?.decode(Int.self) ?? -1
         }
     }
 
     /// Each recorded migration version with how often it is recorded.
     public static func recordedVersions(_ url: DatabaseURL, logger: Logger = testLogger()) async throws -> [Int: Int] {
         try await url.withConnection(logger: logger) { connection in
-            let rows = try await connection.query("SELECT version, count(*)::int FROM ferry_schema_migrations GROUP BY version", logger: logger)
+            let rows = try await connection.execute("SELECT version, count(*)::int FROM ferry_schema_migrations GROUP BY version", logger: logger)
             var counts: [Int: Int] = [:]
-            for try await (version, count) in rows.decode((Int, Int).self) { counts[version] = count }
+            for row in rows {
+                let (version, count) = try row.decode((Int, Int).self)
+                counts[version] = count
+            }
             return counts
         }
     }

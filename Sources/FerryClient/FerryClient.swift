@@ -1,0 +1,342 @@
+import FerryProtocol
+import Foundation
+import NIOCore
+import NIOPosix
+import NIOSSL
+import NIOTLS
+import Synchronization
+
+/// Where and how to reach a `ferryd`.
+public struct FerryClientConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    /// PEM file of the CA (or the self-signed server certificate) to trust.
+    public var trustRootsFile: String?
+    /// Trust these instead of a file; with neither, the system's roots are used.
+    public var trustRoots: [NIOSSLCertificate]?
+    /// The name the server certificate must carry (default: `host`).
+    public var serverName: String?
+    /// Client certificate and key (PEM files) for servers that require mTLS.
+    public var clientCertificateFile: String?
+    public var clientKeyFile: String?
+    /// Bearer token sent as `authorization` metadata with every call.
+    public var token: String?
+    public var maxFrameBytes: Int = 4 * 1024 * 1024
+    public var connectTimeout: Duration = .seconds(10)
+
+    public init(host: String, port: Int, trustRootsFile: String? = nil, token: String? = nil) {
+        self.host = host
+        self.port = port
+        self.trustRootsFile = trustRootsFile
+        self.token = token
+    }
+}
+
+/// A client of the ferry/1 protocol: one TLS connection carrying many concurrent calls.
+///
+/// ```swift
+/// let client = try await FerryClient.connect(.init(host: "127.0.0.1", port: 7443, trustRootsFile: "cert.pem", token: token))
+/// defer { client.close() }
+/// let health = try await client.check()
+/// ```
+///
+/// Failed calls throw ``RPCError`` with the server's status code, message and details.
+/// Cancelling the calling task sends `cancel` for its stream.
+public final class FerryClient: Sendable {
+    private let channel: any Channel
+    private let calls: CallTable
+    public let configuration: FerryClientConfiguration
+
+    private init(channel: any Channel, calls: CallTable, configuration: FerryClientConfiguration) {
+        self.channel = channel
+        self.calls = calls
+        self.configuration = configuration
+    }
+
+    /// Connects and completes the TLS handshake.
+    public static func connect(_ configuration: FerryClientConfiguration) async throws -> FerryClient {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        tls.applicationProtocols = ["ferry/1"]
+        if let roots = configuration.trustRoots {
+            tls.trustRoots = .certificates(roots)
+        } else if let file = configuration.trustRootsFile {
+            tls.trustRoots = .file(file)
+        }
+        if let certificate = configuration.clientCertificateFile, let key = configuration.clientKeyFile {
+            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) }
+            tls.privateKey = .file(key)
+        }
+        let sslContext = try NIOSSLContext(configuration: tls)
+        let calls = CallTable()
+        let serverName = configuration.serverName ?? configuration.host
+        // SNI carries host names only, never IP addresses.
+        let sniName: String? = serverName.allSatisfy { $0.isNumber || $0 == "." || $0 == ":" } ? nil : serverName
+        let handshake = Mutex<EventLoopPromise<Void>?>(nil)
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(TimeAmount.nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let promise = channel.eventLoop.makePromise(of: Void.self)
+                    handshake.withLock { $0 = promise }
+                    let verification = try NIOSSLClientHandler(context: sslContext, serverHostname: sniName)
+                    try channel.pipeline.syncOperations.addHandler(verification)
+                    try channel.pipeline.syncOperations.addHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes))
+                    try channel.pipeline.syncOperations.addHandler(ClientFrameHandler(calls: calls, handshake: promise))
+                }
+            }
+            .connect(host: configuration.host, port: configuration.port)
+            .get()
+        do {
+            if let promise = handshake.withLock({ $0 }) { try await promise.futureResult.get() }
+        } catch {
+            channel.close(promise: nil)
+            throw RPCError(.unavailable, "TLS handshake with \(configuration.host):\(configuration.port) failed: \(error)")
+        }
+        return FerryClient(channel: channel, calls: calls, configuration: configuration)
+    }
+
+    /// Closes the connection; calls still open fail with UNAVAILABLE.
+    public func close() {
+        channel.close(promise: nil)
+    }
+
+    /// Whether the server sent `goaway` (new calls are refused) or the connection closed.
+    public var isGoingAway: Bool { calls.isGoingAway }
+
+    // MARK: Calls
+
+    /// Calls a unary method with a typed request and response.
+    public func unary<Request: Encodable & Sendable, Response: Decodable & Sendable>(
+        _ method: String, _ request: Request, as response: Response.Type = Response.self,
+        timeout: Duration? = nil, metadata: [String: String] = [:]
+    ) async throws -> Response {
+        var result: Response?
+        for try await message in call(method, message: try JSONValue.encoding(request), timeout: timeout, metadata: metadata) {
+            guard result == nil else { throw RPCError(.internal, "\(method) sent more than one response") }
+            result = try decode(message, as: Response.self)
+        }
+        guard let result else { throw RPCError(.internal, "\(method) ended OK without a response") }
+        return result
+    }
+
+    /// Calls a server-streaming method; the sequence ends when the server sends status OK.
+    public func serverStream<Request: Encodable & Sendable, Response: Decodable & Sendable>(
+        _ method: String, _ request: Request, as response: Response.Type = Response.self,
+        timeout: Duration? = nil, metadata: [String: String] = [:]
+    ) throws -> AsyncThrowingMapSequence<AsyncThrowingStream<JSONValue, any Error>, Response> {
+        call(method, message: try JSONValue.encoding(request), timeout: timeout, metadata: metadata).map { message in
+            try self.decode(message, as: Response.self)
+        }
+    }
+
+    /// The raw call: JSON request in, JSON response messages out.
+    ///
+    /// The stream finishes after status OK and throws ``RPCError`` for any other status.
+    /// Dropping or cancelling the consumer sends `cancel` to the server.
+    public func call(_ method: String, message: JSONValue, timeout: Duration? = nil, metadata: [String: String] = [:]) -> AsyncThrowingStream<JSONValue, any Error> {
+        var metadata = metadata
+        if let token = configuration.token, metadata["authorization"] == nil {
+            metadata["authorization"] = "Bearer \(token)"
+        }
+        let (stream, continuation) = AsyncThrowingStream<JSONValue, any Error>.makeStream()
+        guard let id = calls.open(continuation) else {
+            continuation.finish(throwing: RPCError(.unavailable, calls.closedReason))
+            return stream
+        }
+        let channel = self.channel
+        let calls = self.calls
+        continuation.onTermination = { termination in
+            if case .cancelled = termination, calls.abandon(id) {
+                channel.writeAndFlush(encodeFrame(ClientFrame.cancel(stream: id).json), promise: nil)
+            }
+        }
+        var timeoutMs: Int64?
+        if let timeout {
+            timeoutMs = max(0, Int64(timeout.components.seconds) * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+            // If the server never answers (it died), fail locally a little after the deadline.
+            let grace = TimeAmount.milliseconds(timeoutMs! + 2000)
+            channel.eventLoop.scheduleTask(in: grace) {
+                if calls.fail(id, RPCError(.deadlineExceeded, "no answer from the server within the deadline")) {
+                    channel.writeAndFlush(encodeFrame(ClientFrame.cancel(stream: id).json), promise: nil)
+                }
+            }
+        }
+        let frame = ClientFrame.call(.init(stream: id, method: method, metadata: metadata, timeoutMs: timeoutMs, message: message))
+        channel.writeAndFlush(encodeFrame(frame.json)).whenFailure { error in
+            _ = calls.fail(id, RPCError(.unavailable, "cannot send the call: \(error)"))
+        }
+        return stream
+    }
+
+    /// Sends `ping` and waits for the matching `pong`; returns the round-trip time.
+    public func ping(_ data: String = UUID().uuidString) async throws -> Duration {
+        let started = ContinuousClock.now
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            guard calls.expectPong(data, continuation) else {
+                continuation.resume(throwing: RPCError(.unavailable, calls.closedReason))
+                return
+            }
+            channel.writeAndFlush(encodeFrame(ClientFrame.ping(data: data).json), promise: nil)
+        }
+        return ContinuousClock.now - started
+    }
+
+    private func decode<T: Decodable>(_ message: JSONValue, as type: T.Type) throws -> T {
+        do {
+            return try message.decode(T.self)
+        } catch {
+            throw RPCError(.internal, "cannot decode the server's \(T.self): \(error)")
+        }
+    }
+}
+
+extension FerryClient {
+    /// `ferry.v1.Health/Check`.
+    public func check(timeout: Duration? = nil) async throws -> HealthCheckResponse {
+        try await unary(FerryMethod.healthCheck.rawValue, HealthCheckRequest(), timeout: timeout)
+    }
+}
+
+/// Open calls and pings by stream id, shared by the caller side and the channel handler.
+final class CallTable: Sendable {
+    private struct State {
+        var nextID: Int32 = 1
+        var open: [Int32: AsyncThrowingStream<JSONValue, any Error>.Continuation] = [:]
+        var pongs: [String: [CheckedContinuation<Void, any Error>]] = [:]
+        var goawayLastStream: Int32?
+        var closedReason: String?
+    }
+    private let state = Mutex(State())
+
+    var isGoingAway: Bool { state.withLock { $0.goawayLastStream != nil || $0.closedReason != nil } }
+    var closedReason: String { state.withLock { $0.closedReason ?? "the server sent goaway" } }
+
+    func open(_ continuation: AsyncThrowingStream<JSONValue, any Error>.Continuation) -> Int32? {
+        state.withLock { state in
+            guard state.closedReason == nil, state.goawayLastStream == nil, state.nextID < Int32.max else { return nil }
+            let id = state.nextID
+            state.nextID += 1
+            state.open[id] = continuation
+            return id
+        }
+    }
+
+    /// Forgets a call its consumer dropped; true if it was still open (so send `cancel`).
+    func abandon(_ id: Int32) -> Bool {
+        state.withLock { $0.open.removeValue(forKey: id) != nil }
+    }
+
+    /// Fails an open call; true if it was open.
+    func fail(_ id: Int32, _ error: RPCError) -> Bool {
+        guard let continuation = state.withLock({ $0.open.removeValue(forKey: id) }) else { return false }
+        continuation.finish(throwing: error)
+        return true
+    }
+
+    func deliver(_ frame: ServerFrame) {
+        switch frame {
+        case .message(let stream, let message):
+            _ = state.withLock { $0.open[stream] }?.yield(message)
+        case .status(let stream, let code, let message, let details):
+            guard let continuation = state.withLock({ $0.open.removeValue(forKey: stream) }) else { return }
+            if code == .ok {
+                continuation.finish()
+            } else {
+                continuation.finish(throwing: RPCError(code, message, details: details))
+            }
+        case .pong(let data):
+            let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+                guard let key = data, var waiting = state.pongs[key], !waiting.isEmpty else { return nil }
+                let first = waiting.removeFirst()
+                state.pongs[key] = waiting.isEmpty ? nil : waiting
+                return first
+            }
+            waiter?.resume()
+        case .goaway(let code, let message, let lastStream):
+            // Streams after lastStream will never be answered.
+            let refused = state.withLock { state -> [AsyncThrowingStream<JSONValue, any Error>.Continuation] in
+                state.goawayLastStream = lastStream
+                let ids = state.open.keys.filter { $0 > lastStream }
+                return ids.compactMap { state.open.removeValue(forKey: $0) }
+            }
+            for continuation in refused {
+                continuation.finish(throwing: RPCError(.unavailable, "the server sent goaway (\(code.rawValue): \(message)) before this call"))
+            }
+        }
+    }
+
+    func expectPong(_ data: String, _ continuation: CheckedContinuation<Void, any Error>) -> Bool {
+        state.withLock { state in
+            guard state.closedReason == nil else { return false }
+            state.pongs[data, default: []].append(continuation)
+            return true
+        }
+    }
+
+    /// The connection is gone: every open call and ping fails.
+    func closeAll(_ reason: String) {
+        let (calls, pongs) = state.withLock { state in
+            if state.closedReason == nil { state.closedReason = reason }
+            defer {
+                state.open = [:]
+                state.pongs = [:]
+            }
+            return (Array(state.open.values), state.pongs.values.flatMap { $0 })
+        }
+        for continuation in calls { continuation.finish(throwing: RPCError(.unavailable, reason)) }
+        for pong in pongs { pong.resume(throwing: RPCError(.unavailable, reason)) }
+    }
+}
+
+/// Routes server frames to their calls; a broken frame closes the connection.
+final class ClientFrameHandler: ChannelInboundHandler {
+    typealias InboundIn = FrameEvent
+    private let calls: CallTable
+    private let handshake: EventLoopPromise<Void>
+    private var lastGoaway: String?
+
+    init(calls: CallTable, handshake: EventLoopPromise<Void>) {
+        self.calls = calls
+        self.handshake = handshake
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .frame(let body):
+            switch ServerFrame.parse(body) {
+            case .success(let frame):
+                if case .goaway(let code, let message, _) = frame { lastGoaway = "\(code.rawValue): \(message)" }
+                calls.deliver(frame)
+            case .failure(let error):
+                calls.closeAll("the server sent a malformed frame: \(error)")
+                context.close(promise: nil)
+            }
+        case .violation(_, let message):
+            calls.closeAll("the server broke the framing rules: \(message)")
+            context.close(promise: nil)
+        case .idle:
+            break
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tls = event as? TLSUserEvent, case .handshakeCompleted = tls {
+            handshake.succeed()
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        handshake.fail(error)
+        calls.closeAll("connection error: \(error)")
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        handshake.fail(RPCError(.unavailable, "connection closed during the TLS handshake"))
+        calls.closeAll(lastGoaway.map { "the connection closed after goaway (\($0))" } ?? "the connection closed")
+        context.fireChannelInactive()
+    }
+}

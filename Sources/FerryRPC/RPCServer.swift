@@ -1,0 +1,153 @@
+import FerryProtocol
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import NIOTLS
+import ServiceLifecycle
+import Synchronization
+
+/// The ferry/1 server: TLS on TCP, length-prefixed JSON frames, many streams per connection.
+///
+/// Run it in a `ServiceGroup`: graceful shutdown stops accepting, sends `goaway` on every
+/// connection and lets open streams finish (up to the drain timeout).
+public struct RPCServer: Service {
+    public let configuration: RPCServerConfiguration
+    let router: MethodRouter
+    let tokens: TokenStore
+    let logger: Logger
+    let onBound: @Sendable (SocketAddress) async throws -> Void
+
+    public init(
+        configuration: RPCServerConfiguration,
+        router: MethodRouter,
+        tokens: TokenStore,
+        logger: Logger,
+        onBound: @escaping @Sendable (SocketAddress) async throws -> Void = { _ in }
+    ) {
+        self.configuration = configuration
+        self.router = router
+        self.tokens = tokens
+        self.logger = logger
+        self.onBound = onBound
+    }
+
+    public func run() async throws {
+        let sslContext = try configuration.makeSSLContext()
+        let configuration = self.configuration
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.backlog, value: 256)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .bind(host: configuration.host, port: configuration.port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handlers = channel.pipeline.syncOperations
+                    try handlers.addHandler(NIOSSLServerHandler(context: sslContext))
+                    try handlers.addHandler(HandshakeTimeoutHandler(timeout: TimeAmount(configuration.handshakeTimeout)))
+                    try handlers.addHandler(IdleStateHandler(readTimeout: TimeAmount(configuration.idleTimeout)))
+                    try handlers.addHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes))
+                    return try NIOAsyncChannel<FrameEvent, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        guard let address = server.channel.localAddress else { throw ChannelError.inappropriateOperationForState }
+        logger.notice("ferry/1 listening", metadata: ["address": "\(address)"])
+        try await onBound(address)
+
+        let active = ConnectionCounter()
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                try await server.executeThenClose { connections in
+                    for try await connection in connections {
+                        group.addTask {
+                            await serve(connection, counter: active)
+                        }
+                    }
+                }
+            }
+        } onGracefulShutdown: {
+            // Stop accepting; each connection sees the same shutdown and sends goaway.
+            server.channel.close(promise: nil)
+        }
+    }
+
+    private func serve(_ asyncChannel: NIOAsyncChannel<FrameEvent, ByteBuffer>, counter: ConnectionCounter) async {
+        let admitted = counter.enter(limit: configuration.maxConnections)
+        defer { counter.leave() }
+        do {
+            try await asyncChannel.executeThenClose { inbound, _ in
+                guard admitted else {
+                    let goaway = ServerFrame.goaway(code: .resourceExhausted, message: "too many connections (limit \(configuration.maxConnections))", lastStream: 0)
+                    try? await asyncChannel.channel.writeAndFlush(encodeFrame(goaway.json))
+                    return
+                }
+                let connection = Connection(channel: asyncChannel.channel, configuration: configuration, router: router, tokens: tokens, logger: logger)
+                await connection.run(inbound)
+            }
+        } catch {
+            logger.debug("connection ended with an error", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+/// Counts open connections against the limit.
+final class ConnectionCounter: Sendable {
+    private let count = Mutex(0)
+
+    /// Counts a connection in; false when it is over the limit (it is still counted until `leave`).
+    func enter(limit: Int) -> Bool {
+        count.withLock { count in
+            count += 1
+            return count <= limit
+        }
+    }
+
+    func leave() { count.withLock { $0 -= 1 } }
+}
+
+/// Closes a connection whose TLS handshake has not completed within the timeout, so a
+/// client that connects and sends nothing (or plaintext that stalls) cannot hold a slot.
+final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    private let timeout: TimeAmount
+    private var scheduled: Scheduled<Void>?
+
+    init(timeout: TimeAmount) { self.timeout = timeout }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { arm(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        arm(context)
+        context.fireChannelActive()
+    }
+
+    private func arm(_ context: ChannelHandlerContext) {
+        guard scheduled == nil else { return }
+        let channel = context.channel
+        scheduled = context.eventLoop.scheduleTask(in: timeout) {
+            channel.close(promise: nil)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tls = event as? TLSUserEvent, case .handshakeCompleted = tls {
+            scheduled?.cancel()
+            scheduled = nil
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        scheduled?.cancel()
+        scheduled = nil
+    }
+}
+
+extension TimeAmount {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}
