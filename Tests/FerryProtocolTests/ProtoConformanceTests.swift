@@ -635,33 +635,12 @@ func editedSchema(_ file: String, _ edit: (String) -> String) throws -> ProtoSch
 
 // MARK: - JSON as the checks look at it
 
-indirect enum ProbeJSON: Decodable, Equatable {
-    case null
-    case bool(Bool)
-    case number(Double)
-    case string(String)
-    case array([ProbeJSON])
-    case object([String: ProbeJSON])
+/// The checks look at encoded messages through the protocol's own JSON value type.
+typealias ProbeJSON = JSONValue
 
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() {
-            self = .null
-        } else if let value = try? container.decode(Bool.self) {
-            self = .bool(value)
-        } else if let value = try? container.decode(Double.self) {
-            self = .number(value)
-        } else if let value = try? container.decode(String.self) {
-            self = .string(value)
-        } else if let value = try? container.decode([ProbeJSON].self) {
-            self = .array(value)
-        } else {
-            self = .object(try container.decode([String: ProbeJSON].self))
-        }
-    }
-
-    static func parse(_ data: Data) throws -> ProbeJSON {
-        try JSONDecoder().decode(ProbeJSON.self, from: data)
+extension JSONValue {
+    static func parse(_ data: Data) throws -> JSONValue {
+        try JSONDecoder().decode(JSONValue.self, from: data)
     }
 }
 
