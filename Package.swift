@@ -110,6 +110,8 @@ let package = Package(
             name: "ferryd",
             dependencies: [
                 "FerryServer",
+                "FerryRPC",
+                "FerryProtocol",
                 "ControlDatabase",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

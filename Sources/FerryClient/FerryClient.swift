@@ -65,7 +65,7 @@ public final class FerryClient: Sendable {
         }
         if let certificate = configuration.clientCertificateFile, let key = configuration.clientKeyFile {
             tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) }
-            tls.privateKey = .file(key)
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
         }
         let sslContext = try NIOSSLContext(configuration: tls)
         let calls = CallTable()
@@ -73,7 +73,7 @@ public final class FerryClient: Sendable {
         // SNI carries host names only, never IP addresses.
         let sniName: String? = serverName.allSatisfy { $0.isNumber || $0 == "." || $0 == ":" } ? nil : serverName
         let handshake = Mutex<EventLoopPromise<Void>?>(nil)
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(TimeAmount.nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
@@ -86,13 +86,21 @@ public final class FerryClient: Sendable {
                     try channel.pipeline.syncOperations.addHandler(ClientFrameHandler(calls: calls, handshake: promise))
                 }
             }
-            .connect(host: configuration.host, port: configuration.port)
-            .get()
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
+        } catch {
+            throw RPCError(.unavailable, "cannot connect to \(configuration.host):\(configuration.port): \(error)")
+        }
         do {
             if let promise = handshake.withLock({ $0 }) { try await promise.futureResult.get() }
         } catch {
             channel.close(promise: nil)
-            throw RPCError(.unavailable, "TLS handshake with \(configuration.host):\(configuration.port) failed: \(error)")
+            let text = "\(error)"
+            if text.contains("CERTIFICATE_VERIFY_FAILED") {
+                throw RPCError(.unavailable, "TLS handshake with \(configuration.host):\(configuration.port) failed: the server's certificate is not trusted (trust its CA with trustRootsFile, the CLI's --ca-file)")
+            }
+            throw RPCError(.unavailable, "TLS handshake with \(configuration.host):\(configuration.port) failed: \(text)")
         }
         return FerryClient(channel: channel, calls: calls, configuration: configuration)
     }

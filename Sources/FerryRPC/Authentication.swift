@@ -27,6 +27,13 @@ public struct TokenStore: Sendable {
 
     public var isEmpty: Bool { principals.isEmpty }
 
+    /// This store plus `other`'s tokens; a hash in both takes `other`'s principal.
+    public func merging(_ other: TokenStore) -> TokenStore {
+        var merged = self
+        merged.principals.merge(other.principals) { _, new in new }
+        return merged
+    }
+
     /// The hash under which `token` is stored: `sha256:<hex>`.
     public static func hash(_ token: String) -> String {
         "sha256:" + SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
@@ -60,7 +67,7 @@ public struct TokenStore: Sendable {
 
     public static func parse(_ text: String, source: String) throws(LoadError) -> TokenStore {
         var entries: [(String, Principal)] = []
-        for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (index, rawLine) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             let line = rawLine.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") { continue }
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)

@@ -29,7 +29,9 @@ public struct RPCServerConfiguration: Sendable {
         self.privateKey = privateKey
     }
 
-    func makeSSLContext() throws -> NIOSSLContext {
+    /// The server's TLS context. Start-up calls it once to refuse a key that does not match
+    /// its certificate before listening.
+    public func makeSSLContext() throws -> NIOSSLContext {
         var tls = TLSConfiguration.makeServerConfiguration(
             certificateChain: certificateChain.map { .certificate($0) },
             privateKey: .privateKey(privateKey))

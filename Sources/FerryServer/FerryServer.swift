@@ -8,6 +8,9 @@ import NIOCore
 import PostgresNIO
 import Prometheus
 import ServiceLifecycle
+import Synchronization
+import FerryProtocol
+import FerryRPC
 
 /// A start-up step that failed for a reason the operator can fix; printed as one line.
 public struct StartupFailure: Error, Sendable, CustomStringConvertible {
@@ -45,7 +48,10 @@ public enum FerryServer {
                 "directory": "\(cluster.baseDirectory)", "port": "\(cluster.port)",
             ])
             do {
-                try await serve(configuration, url: try DatabaseURL(parsing: cluster.url(database: "ferry")), embedded: cluster, logger: logger)
+                // Generated credentials live inside the cluster's directory, so they go with
+                // it, even when the guardian cleans up after a SIGKILL.
+                let credentials = try ServerCredentials.resolve(configuration, defaultDirectory: cluster.baseDirectory + "/credentials", logger: logger)
+                try await serve(configuration, url: try DatabaseURL(parsing: cluster.url(database: "ferry")), credentials: credentials, embedded: cluster, logger: logger)
             } catch {
                 try? await cluster.stop()
                 throw error
@@ -53,12 +59,35 @@ public enum FerryServer {
             try await cluster.stop()
             return
         }
-        try await serve(configuration, url: url, embedded: nil, logger: logger)
+        let credentials = try ServerCredentials.resolve(configuration, defaultDirectory: nil, logger: logger)
+        defer {
+            if let directory = credentials.temporaryDirectory { try? FileManager.default.removeItem(atPath: directory) }
+        }
+        try await serve(configuration, url: url, credentials: credentials, embedded: nil, logger: logger)
     }
 
-    private static func serve(_ configuration: ServerConfiguration, url: DatabaseURL, embedded: EmbeddedPostgres?, logger: Logger) async throws {
+    private static func serve(
+        _ configuration: ServerConfiguration, url: DatabaseURL, credentials: ServerCredentials,
+        embedded: EmbeddedPostgres?, logger: Logger
+    ) async throws {
+        var rpcConfiguration = RPCServerConfiguration(certificateChain: credentials.certificateChain, privateKey: credentials.privateKey)
+        rpcConfiguration.host = configuration.listenHost
+        rpcConfiguration.port = configuration.listenPort
+        rpcConfiguration.clientCertificateAuthorities = credentials.clientCertificateAuthorities
+        rpcConfiguration.maxConnections = configuration.maxConnections
+        rpcConfiguration.maxConcurrentStreams = configuration.maxConcurrentStreams
+        rpcConfiguration.maxFrameBytes = configuration.maxFrameBytes
+        rpcConfiguration.idleTimeout = configuration.idleTimeout
+        rpcConfiguration.drainTimeout = configuration.drainTimeout
+        // A key that does not match its certificate is refused now, not at the first client.
+        do {
+            _ = try rpcConfiguration.makeSSLContext()
+        } catch {
+            throw StartupFailure(message: "the TLS certificate and key cannot be used together: \(error)")
+        }
+
         // Fail fast, with one clear line, when the database cannot be reached at all.
-        try await url.withConnection(logger: logger) { connection in
+        _ = try await url.withConnection(logger: logger) { connection in
             try await connection.execute("SELECT 1", logger: logger)
         }
         try await migrate(configuration, url: url, logger: logger)
@@ -68,25 +97,63 @@ public enum FerryServer {
         Gauge(label: "ferry_build_info", dimensions: [("version", FerryVersion.current)]).record(1)
 
         let client = PostgresClient(configuration: url.clientConfiguration(), backgroundLogger: logger)
+        let probe = HealthProbe(client: client, logger: logger)
+        let health: @Sendable () async -> Bool = { await probe.isHealthy() }
+
+        // The ready file is written once both listeners are bound.
+        let bound = Mutex<(rpc: String?, ops: String?)>((nil, nil))
+        let announce: @Sendable () throws -> Void = {
+            guard case let (rpc?, ops?) = bound.withLock({ $0 }) else { return }
+            logger.notice("ferryd is serving", metadata: [
+                "address": "\(rpc)", "ops": "\(ops)", "database": "\(url)",
+                "ca_file": "\(credentials.certificateFile)",
+                "token_file": "\(credentials.adminTokenFile ?? "-")",
+            ])
+            if let readyFile = configuration.readyFile {
+                var ready = [
+                    "pid": String(getpid()),
+                    "address": rpc,
+                    "opsURL": ops,
+                    "database": url.description,
+                    "version": FerryVersion.current,
+                    "caFile": credentials.certificateFile,
+                ]
+                ready["tokenFile"] = credentials.adminTokenFile
+                ready["embeddedDirectory"] = embedded?.baseDirectory
+                try writeReadyFile(readyFile, ready)
+            }
+        }
         let ops = OpsServer(
             host: configuration.opsHost,
             port: configuration.opsPort,
             registry: registry,
             logger: logger,
-            health: { await checkHealth(client, logger: logger) },
+            health: health,
             onBound: { address in
                 let opsURL = "http://\(address.ipAddress ?? configuration.opsHost):\(address.port ?? 0)"
-                logger.notice("ferryd is serving", metadata: ["ops": "\(opsURL)", "database": "\(url)"])
-                if let readyFile = configuration.readyFile {
-                    try writeReadyFile(readyFile, opsURL: opsURL, database: url, embedded: embedded)
-                }
+                bound.withLock { $0.ops = opsURL }
+                try announce()
+            })
+        let rpc = RPCServer(
+            configuration: rpcConfiguration,
+            router: makeRouter(health: health),
+            tokens: credentials.tokens,
+            logger: logger,
+            onBound: { address in
+                let text = "\(address.ipAddress ?? configuration.listenHost):\(address.port ?? 0)"
+                bound.withLock { $0.rpc = text }
+                try announce()
             })
 
         let group = ServiceGroup(configuration: .init(
             services: [
                 .init(service: client),
-                // The ops server ending (even by error) ends the process: it is how we are watched.
+                // Either server ending (even by error) ends the process: the ops server is how
+                // we are watched, the RPC server is what we are for.
                 .init(service: ops, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
+                // Last, so it is shut down first: goaway and drain while the database is still
+                // there for the streams in flight.
+                .init(service: rpc, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
@@ -95,34 +162,17 @@ public enum FerryServer {
         logger.notice("ferryd stopped")
     }
 
-    private static func checkHealth(_ client: PostgresClient, logger: Logger) async -> Bool {
-        await withTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                do {
-                    _ = try await client.query("SELECT 1", logger: logger).collect()
-                    return true
-                } catch {
-                    return false
-                }
-            }
-            group.addTask {
-                try? await Task.sleep(for: .seconds(2))
-                return false
-            }
-            let healthy = await group.next() ?? false
-            group.cancelAll()
-            return healthy
+    /// The methods this build serves. Job and instance methods answer UNIMPLEMENTED until
+    /// the job engine registers them.
+    static func makeRouter(health: @escaping @Sendable () async -> Bool) -> MethodRouter {
+        var router = MethodRouter()
+        router.unary(.healthCheck) { (_: HealthCheckRequest, _) in
+            HealthCheckResponse(status: await health() ? .serving : .notServing)
         }
+        return router
     }
 
-    private static func writeReadyFile(_ path: String, opsURL: String, database: DatabaseURL, embedded: EmbeddedPostgres?) throws {
-        var ready: [String: String] = [
-            "pid": String(getpid()),
-            "opsURL": opsURL,
-            "database": database.description,
-            "version": FerryVersion.current,
-        ]
-        if let embedded { ready["embeddedDirectory"] = embedded.baseDirectory }
+    private static func writeReadyFile(_ path: String, _ ready: [String: String]) throws {
         let data = try JSONSerialization.data(withJSONObject: ready, options: [.sortedKeys])
         // Write then rename, so a reader never sees half a file.
         try data.write(to: URL(fileURLWithPath: path + ".tmp"))

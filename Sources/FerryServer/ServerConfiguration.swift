@@ -18,6 +18,30 @@ public struct ServerConfiguration: Sendable {
     /// Lifetime of the migration lease row; a dead holder blocks others this long at most.
     public var migrationLease: Duration = .seconds(30)
 
+    /// Host and port of the ferry/1 RPC server (TLS); port 0 picks a free one.
+    public var listenHost: String = "127.0.0.1"
+    public var listenPort: Int = 7443
+    /// PEM certificate chain and private key of the RPC server. Without them ferryd serves a
+    /// self-signed certificate it generates into the state directory.
+    public var tlsCertificateFile: String?
+    public var tlsKeyFile: String?
+    /// PEM CA certificates; when set, clients must present a certificate they signed (mTLS).
+    public var tlsClientCAFile: String?
+    /// Hashed bearer tokens, one `sha256:<hex> <principal> <role>` per line, from a file and/or
+    /// the `FERRY_TOKENS` environment variable. Without either, ferryd generates an admin token
+    /// into the state directory.
+    public var tokensFile: String?
+    public var tokensText: String?
+    /// Where generated credentials (certificate, admin token) are kept. Without it they go to
+    /// a fresh directory removed on exit (inside the cluster directory on the embedded default).
+    public var stateDirectory: String?
+    /// Limits of the RPC server (see `RPCServerConfiguration`).
+    public var maxConnections: Int = 1024
+    public var maxConcurrentStreams: Int = 128
+    public var maxFrameBytes: Int = 4 * 1024 * 1024
+    public var idleTimeout: Duration = .seconds(300)
+    public var drainTimeout: Duration = .seconds(30)
+
     public init() {}
 
     /// The migration set in force: the built-in one unless a directory is given.

@@ -2,6 +2,8 @@ import ArgumentParser
 import ControlDatabase
 import EmbeddedPostgres
 import FerryCore
+import FerryRPC
+import FerryProtocol
 import FerryServer
 import Foundation
 import Logging
@@ -12,7 +14,7 @@ struct Ferryd: AsyncParsableCommand {
         commandName: "ferryd",
         abstract: "The Ferry server: moves PostgreSQL tenants between instances as jobs.",
         version: FerryVersion.current,
-        subcommands: [Serve.self, Migrate.self],
+        subcommands: [Serve.self, Migrate.self, TokenCommand.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -121,27 +123,115 @@ struct Serve: AsyncParsableCommand {
         valueName: "dir"))
     var embeddedDirectory: String?
 
+    @Option(name: .customLong("listen"), help: ArgumentHelp(
+        "host:port of the ferry/1 RPC server (TLS); port 0 picks a free port. Env: FERRY_LISTEN_ADDRESS. Default 127.0.0.1:7443.",
+        valueName: "host:port"))
+    var listen: String?
+
+    @Option(name: .customLong("tls-cert"), help: ArgumentHelp(
+        "PEM certificate chain of the RPC server. Env: FERRY_TLS_CERT. Without it, a self-signed certificate is generated into the state directory.",
+        valueName: "file"))
+    var tlsCertificate: String?
+
+    @Option(name: .customLong("tls-key"), help: ArgumentHelp("PEM private key of --tls-cert. Env: FERRY_TLS_KEY.", valueName: "file"))
+    var tlsKey: String?
+
+    @Option(name: .customLong("tls-client-ca"), help: ArgumentHelp(
+        "PEM CA certificates: clients must present a certificate signed by one (mTLS). Env: FERRY_TLS_CLIENT_CA.",
+        valueName: "file"))
+    var tlsClientCA: String?
+
+    @Option(name: .customLong("tokens-file"), help: ArgumentHelp(
+        "Hashed bearer tokens, one 'sha256:<hex> <principal> <role>' per line (see 'ferryd token create'). Env: FERRY_TOKENS_FILE; FERRY_TOKENS may hold more lines. Without either, an admin token is generated into the state directory.",
+        valueName: "file"))
+    var tokensFile: String?
+
+    @Option(name: .customLong("state-dir"), help: ArgumentHelp(
+        "Where generated credentials (cert.pem, key.pem, admin.token) are kept and reused across restarts. Env: FERRY_STATE_DIR. Default: a directory removed on exit.",
+        valueName: "dir"))
+    var stateDirectory: String?
+
+    @Option(name: .customLong("max-connections"), help: ArgumentHelp("Open RPC connections at most. Env: FERRY_MAX_CONNECTIONS. Default 1024.", valueName: "n"))
+    var maxConnections: Int?
+
+    @Option(name: .customLong("max-streams"), help: ArgumentHelp("Open streams per connection at most. Env: FERRY_MAX_STREAMS. Default 128.", valueName: "n"))
+    var maxStreams: Int?
+
+    @Option(name: .customLong("max-frame-bytes"), help: ArgumentHelp("Largest frame accepted. Env: FERRY_MAX_FRAME_BYTES. Default 4194304 (4 MiB).", valueName: "bytes"))
+    var maxFrameBytes: Int?
+
+    @Option(name: .customLong("idle-timeout"), help: ArgumentHelp(
+        "Seconds a connection may stay silent with no open stream (or mid-frame) before goaway. Env: FERRY_IDLE_TIMEOUT_SECONDS. Default 300.",
+        valueName: "seconds"))
+    var idleTimeout: Int?
+
+    @Option(name: .customLong("drain-timeout"), help: ArgumentHelp(
+        "Seconds streams in flight may take to finish after goaway on shutdown. Env: FERRY_DRAIN_TIMEOUT_SECONDS. Default 30.",
+        valueName: "seconds"))
+    var drainTimeout: Int?
+
     mutating func run() async throws {
-        let environment = ProcessInfo.processInfo.environment
         var configuration = ServerConfiguration()
         try database.resolve(into: &configuration)
         let logger = try database.makeLogger()
         if configuration.databaseURL == nil, configuration.migrationDatabaseURL != nil {
             throw StartupError("a migration database URL is set but no database URL: the embedded default migrates its own cluster, so set FERRY_DATABASE_URL too, or neither")
         }
-        if let address = opsAddress ?? environment["FERRY_OPS_ADDRESS"] {
-            let source = opsAddress != nil ? "--ops-address" : "FERRY_OPS_ADDRESS"
-            guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),
-                  (0...65535).contains(port), colon != address.startIndex
-            else {
-                throw StartupError("invalid \(source): '\(address)' is not host:port")
-            }
-            configuration.opsHost = String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-            configuration.opsPort = port
+        let settings = Settings()
+        if let (host, port) = try settings.address(opsAddress, flag: "--ops-address", variable: "FERRY_OPS_ADDRESS") {
+            (configuration.opsHost, configuration.opsPort) = (host, port)
         }
-        configuration.readyFile = readyFile ?? environment["FERRY_READY_FILE"]
-        configuration.embeddedDirectory = embeddedDirectory ?? environment["FERRY_EMBEDDED_DIR"]
+        if let (host, port) = try settings.address(listen, flag: "--listen", variable: "FERRY_LISTEN_ADDRESS") {
+            (configuration.listenHost, configuration.listenPort) = (host, port)
+        }
+        configuration.readyFile = settings.string(readyFile, "FERRY_READY_FILE")
+        configuration.embeddedDirectory = settings.string(embeddedDirectory, "FERRY_EMBEDDED_DIR")
+        configuration.tlsCertificateFile = settings.string(tlsCertificate, "FERRY_TLS_CERT")
+        configuration.tlsKeyFile = settings.string(tlsKey, "FERRY_TLS_KEY")
+        configuration.tlsClientCAFile = settings.string(tlsClientCA, "FERRY_TLS_CLIENT_CA")
+        configuration.tokensFile = settings.string(tokensFile, "FERRY_TOKENS_FILE")
+        configuration.tokensText = settings.string(nil, "FERRY_TOKENS")
+        configuration.stateDirectory = settings.string(stateDirectory, "FERRY_STATE_DIR")
+        if let n = try settings.count(maxConnections, flag: "--max-connections", variable: "FERRY_MAX_CONNECTIONS") { configuration.maxConnections = n }
+        if let n = try settings.count(maxStreams, flag: "--max-streams", variable: "FERRY_MAX_STREAMS") { configuration.maxConcurrentStreams = n }
+        if let n = try settings.count(maxFrameBytes, flag: "--max-frame-bytes", variable: "FERRY_MAX_FRAME_BYTES") { configuration.maxFrameBytes = n }
+        if let n = try settings.count(idleTimeout, flag: "--idle-timeout", variable: "FERRY_IDLE_TIMEOUT_SECONDS") { configuration.idleTimeout = .seconds(n) }
+        if let n = try settings.count(drainTimeout, flag: "--drain-timeout", variable: "FERRY_DRAIN_TIMEOUT_SECONDS") { configuration.drainTimeout = .seconds(n) }
         try await FerryServer.serve(configuration, logger: logger)
+    }
+}
+
+/// Reads a setting from its flag, else its environment variable; errors name the source.
+struct Settings {
+    let environment = ProcessInfo.processInfo.environment
+
+    func string(_ flag: String?, _ variable: String) -> String? {
+        if let flag { return flag }
+        if let value = environment[variable], !value.isEmpty { return value }
+        return nil
+    }
+
+    /// A whole number ≥ 1.
+    func count(_ flag: Int?, flag name: String, variable: String) throws(StartupError) -> Int? {
+        if let flag {
+            guard flag >= 1 else { throw StartupError("invalid \(name): \(flag) is not a whole number ≥ 1") }
+            return flag
+        }
+        guard let text = environment[variable], !text.isEmpty else { return nil }
+        guard let value = Int(text), value >= 1 else { throw StartupError("invalid \(variable): '\(text)' is not a whole number ≥ 1") }
+        return value
+    }
+
+    /// host:port (an IPv6 host in brackets); port 0 means any free port.
+    func address(_ flag: String?, flag name: String, variable: String) throws(StartupError) -> (String, Int)? {
+        guard let address = string(flag, variable) else { return nil }
+        let source = flag != nil ? name : variable
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),
+              (0...65535).contains(port), colon != address.startIndex
+        else {
+            throw StartupError("invalid \(source): '\(address)' is not host:port")
+        }
+        return (String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")), port)
     }
 }
 
@@ -160,5 +250,60 @@ struct Migrate: AsyncParsableCommand {
         }
         let report = try await FerryServer.migrate(configuration, url: url, logger: logger)
         print("applied \(report.applied.count) migration(s)\(report.applied.isEmpty ? "" : ": " + report.applied.joined(separator: ", ")); \(report.alreadyApplied.count) already applied")
+    }
+}
+
+/// `ferryd token …`: manage the bearer tokens of a tokens file.
+struct TokenCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "token",
+        abstract: "Manage bearer tokens.",
+        subcommands: [TokenCreate.self])
+}
+
+struct TokenCreate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "create",
+        abstract: "Create a token: append its hash to the tokens file and print the token (the only time it is shown).")
+
+    @Option(name: .customLong("tokens-file"), help: ArgumentHelp("The tokens file to append to (created mode 0600). Env: FERRY_TOKENS_FILE.", valueName: "file"))
+    var tokensFile: String?
+
+    @Option(name: .customLong("principal"), help: ArgumentHelp("Who the token is for (no spaces); shows in logs and job records.", valueName: "name"))
+    var principal: String
+
+    @Option(name: .customLong("role"), help: ArgumentHelp("viewer, operator or admin.", valueName: "role"))
+    var role: String
+
+    func run() throws {
+        guard let file = Settings().string(tokensFile, "FERRY_TOKENS_FILE") else {
+            throw StartupError("token create needs a tokens file: set --tokens-file or FERRY_TOKENS_FILE")
+        }
+        guard let role = Role(rawValue: role) else {
+            throw StartupError("invalid --role '\(role)': expected viewer, operator or admin")
+        }
+        guard !principal.isEmpty, !principal.contains(where: { $0.isWhitespace || $0.isNewline }) else {
+            throw StartupError("invalid --principal '\(principal)': a non-empty name without spaces")
+        }
+        // Refuse to append to a file serve would then refuse to read.
+        if FileManager.default.fileExists(atPath: file) {
+            do {
+                _ = try TokenStore.load(file: file)
+            } catch {
+                throw StartupError(error.message)
+            }
+        }
+        let token = TokenStore.generateToken()
+        let line = TokenStore.line(token: token, principal: Principal(name: principal, role: role)) + "\n"
+        let fd = open(file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw StartupError("cannot open the tokens file \(file): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        // A file that does not end in a newline gets one first, so the new line stands alone.
+        let existing = FileManager.default.contents(atPath: file) ?? Data()
+        let bytes = Array(((existing.last.map { $0 != 10 } ?? false) ? "\n" : "").utf8) + Array(line.utf8)
+        guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == bytes.count else {
+            throw StartupError("cannot write the tokens file \(file): \(String(cString: strerror(errno)))")
+        }
+        print(token)
     }
 }

@@ -200,11 +200,13 @@ import Testing
     }
 
     @Test func aSilentTCPClientIsClosedAfterTheHandshakeTimeout() async throws {
-        try await withTestServer(configure: { $0.handshakeTimeout = .milliseconds(1500) }) { server in
+        // Generous: the follow-up TLS client must finish its own handshake within this
+        // timeout too, on a 2-core machine that may be busy with the fuzz test.
+        try await withTestServer(configure: { $0.handshakeTimeout = .seconds(3) }) { server in
             let raw = try await RawClient.connect(port: server.port, tls: false)
             let started = ContinuousClock.now
             #expect(try await raw.framesUntilClosed().isEmpty)
-            #expect(ContinuousClock.now - started < .seconds(5))
+            #expect(ContinuousClock.now - started < .seconds(10))
             try await expectStillServing(server)
         }
     }
