@@ -160,7 +160,8 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["ferryd", "ferry", "FerryCore", "ControlDatabase", "EmbeddedPostgres", "FerryTestSupport"]
+            dependencies: ["ferryd", "ferry", "FerryCore", "ControlDatabase", "EmbeddedPostgres", "FerryTestSupport",
+                           "FerryClient", "FerryProtocol", "FerryRPC"]
         ),
     ]
 )

@@ -24,15 +24,54 @@ struct ServerCredentials {
     ///   state directory (the embedded cluster's own directory, so even SIGKILL leaves no
     ///   key behind); `nil` means a fresh temporary directory.
     static func resolve(_ configuration: ServerConfiguration, defaultDirectory: String?, logger: Logger) throws -> ServerCredentials {
-        let needsCertificate = configuration.tlsCertificateFile == nil
-        let needsTokens = configuration.tokensFile == nil && (configuration.tokensText ?? "").isEmpty
-        if (configuration.tlsCertificateFile == nil) != (configuration.tlsKeyFile == nil) {
+        // Everything configured is read and checked first, so a mistake is reported before
+        // anything is generated or logged.
+        var configuredTLS: (chain: [NIOSSLCertificate], key: NIOSSLPrivateKey, file: String)?
+        switch (configuration.tlsCertificateFile, configuration.tlsKeyFile) {
+        case let (certificateFile?, keyFile?):
+            let (chain, key) = try loadKeyPair(certificateFile: certificateFile, keyFile: keyFile)
+            do {
+                _ = try RPCServerConfiguration(certificateChain: chain, privateKey: key).makeSSLContext()
+            } catch {
+                throw StartupFailure(message: "the TLS certificate \(certificateFile) and key \(keyFile) cannot be used together (does the key belong to the certificate?): \(error)")
+            }
+            configuredTLS = (chain, key, certificateFile)
+        case (nil, nil):
+            configuredTLS = nil
+        default:
             throw StartupFailure(message: "a TLS certificate needs its key and a key its certificate: set both --tls-cert and --tls-key (FERRY_TLS_CERT, FERRY_TLS_KEY), or neither for a self-signed one")
         }
+        var clientCertificateAuthorities: [NIOSSLCertificate]?
+        if let caFile = configuration.tlsClientCAFile {
+            let authorities = try readPEM(caFile, what: "client CA") { try NIOSSLCertificate.fromPEMFile($0) }
+            guard !authorities.isEmpty else { throw StartupFailure(message: "the client CA file \(caFile) holds no PEM certificate") }
+            clientCertificateAuthorities = authorities
+        }
+        var tokens = TokenStore()
+        do {
+            if let tokensFile = configuration.tokensFile {
+                tokens = tokens.merging(try TokenStore.load(file: tokensFile))
+            }
+            if let text = configuration.tokensText, !text.isEmpty {
+                tokens = tokens.merging(try TokenStore.parse(text, source: "FERRY_TOKENS"))
+            }
+        } catch {
+            throw StartupFailure(message: error.message)
+        }
+        let needsTokens = configuration.tokensFile == nil && (configuration.tokensText ?? "").isEmpty
+        if let configuredTLS, !needsTokens {
+            return ServerCredentials(
+                certificateChain: configuredTLS.chain, privateKey: configuredTLS.key,
+                clientCertificateAuthorities: clientCertificateAuthorities, tokens: tokens,
+                certificateFile: configuredTLS.file, adminTokenFile: nil, temporaryDirectory: nil)
+        }
 
+        // Generate what is missing into the state directory.
         var temporaryDirectory: String?
-        var directory = configuration.stateDirectory ?? defaultDirectory
-        if (needsCertificate || needsTokens) && directory == nil {
+        let directory: String
+        if let chosen = configuration.stateDirectory ?? defaultDirectory {
+            directory = chosen
+        } else {
             var template = Array((FileManager.default.temporaryDirectory.path + "/ferryd-XXXXXX").utf8CString)
             guard let made = mkdtemp(&template) else {
                 throw StartupFailure(message: "cannot create a directory for generated credentials: \(String(cString: strerror(errno)))")
@@ -41,47 +80,21 @@ struct ServerCredentials {
             temporaryDirectory = directory
         }
         do {
-            if needsCertificate || needsTokens, let directory {
-                try createPrivateDirectory(directory)
-            }
-
-            let certificateFile: String
-            let keyFile: String
-            if let configured = configuration.tlsCertificateFile, let key = configuration.tlsKeyFile {
-                (certificateFile, keyFile) = (configured, key)
-            } else {
-                let directory = directory!
-                (certificateFile, keyFile) = (directory + "/cert.pem", directory + "/key.pem")
+            try createPrivateDirectory(directory)
+            var tls = configuredTLS
+            if tls == nil {
+                let (certificateFile, keyFile) = (directory + "/cert.pem", directory + "/key.pem")
                 if FileManager.default.fileExists(atPath: certificateFile), FileManager.default.fileExists(atPath: keyFile) {
                     logger.notice("serving the self-signed TLS certificate kept in the state directory", metadata: ["certificate": "\(certificateFile)"])
                 } else {
                     _ = try SelfSignedCertificate.generate().write(to: directory)
                     logger.notice("generated a self-signed TLS certificate; clients trust it with --ca-file", metadata: ["certificate": "\(certificateFile)"])
                 }
+                let (chain, key) = try loadKeyPair(certificateFile: certificateFile, keyFile: keyFile)
+                tls = (chain, key, certificateFile)
             }
-            let certificateChain = try readPEM(certificateFile, what: "TLS certificate") { try NIOSSLCertificate.fromPEMFile($0) }
-            guard !certificateChain.isEmpty else { throw StartupFailure(message: "the TLS certificate file \(certificateFile) holds no PEM certificate") }
-            let privateKey = try readPEM(keyFile, what: "TLS key") { try NIOSSLPrivateKey(file: $0, format: .pem) }
-            var clientCertificateAuthorities: [NIOSSLCertificate]?
-            if let caFile = configuration.tlsClientCAFile {
-                let authorities = try readPEM(caFile, what: "client CA") { try NIOSSLCertificate.fromPEMFile($0) }
-                guard !authorities.isEmpty else { throw StartupFailure(message: "the client CA file \(caFile) holds no PEM certificate") }
-                clientCertificateAuthorities = authorities
-            }
-
-            var tokens = TokenStore()
             var adminTokenFile: String?
-            do {
-                if let tokensFile = configuration.tokensFile {
-                    tokens = tokens.merging(try TokenStore.load(file: tokensFile))
-                }
-                if let text = configuration.tokensText, !text.isEmpty {
-                    tokens = tokens.merging(try TokenStore.parse(text, source: "FERRY_TOKENS"))
-                }
-            } catch {
-                throw StartupFailure(message: error.message)
-            }
-            if needsTokens, let directory {
+            if needsTokens {
                 let file = directory + "/admin.token"
                 let token: String
                 if let kept = FileManager.default.contents(atPath: file).flatMap({ String(data: $0, encoding: .utf8) })?
@@ -97,14 +110,21 @@ struct ServerCredentials {
                 adminTokenFile = file
             }
             return ServerCredentials(
-                certificateChain: certificateChain, privateKey: privateKey,
+                certificateChain: tls!.chain, privateKey: tls!.key,
                 clientCertificateAuthorities: clientCertificateAuthorities, tokens: tokens,
-                certificateFile: certificateFile, adminTokenFile: adminTokenFile,
+                certificateFile: tls!.file, adminTokenFile: adminTokenFile,
                 temporaryDirectory: temporaryDirectory)
         } catch {
             if let temporaryDirectory { try? FileManager.default.removeItem(atPath: temporaryDirectory) }
             throw error
         }
+    }
+
+    private static func loadKeyPair(certificateFile: String, keyFile: String) throws -> ([NIOSSLCertificate], NIOSSLPrivateKey) {
+        let chain = try readPEM(certificateFile, what: "TLS certificate") { try NIOSSLCertificate.fromPEMFile($0) }
+        guard !chain.isEmpty else { throw StartupFailure(message: "the TLS certificate file \(certificateFile) holds no PEM certificate") }
+        let key = try readPEM(keyFile, what: "TLS key") { try NIOSSLPrivateKey(file: $0, format: .pem) }
+        return (chain, key)
     }
 
     private static func readPEM<T>(_ path: String, what: String, _ read: (String) throws -> T) throws -> T {

@@ -79,13 +79,6 @@ public enum FerryServer {
         rpcConfiguration.maxFrameBytes = configuration.maxFrameBytes
         rpcConfiguration.idleTimeout = configuration.idleTimeout
         rpcConfiguration.drainTimeout = configuration.drainTimeout
-        // A key that does not match its certificate is refused now, not at the first client.
-        do {
-            _ = try rpcConfiguration.makeSSLContext()
-        } catch {
-            throw StartupFailure(message: "the TLS certificate and key cannot be used together: \(error)")
-        }
-
         // Fail fast, with one clear line, when the database cannot be reached at all.
         _ = try await url.withConnection(logger: logger) { connection in
             try await connection.execute("SELECT 1", logger: logger)

@@ -19,31 +19,16 @@ import FoundationNetworking
     }
 
     private func startServer() async throws -> Started {
-        let parent = FileManager.default.temporaryDirectory.path + "/ferry-embedded-test-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
-        let readyFile = parent + "/ready.json"
-        let process = try RunningProcess.start([
-            FerryBinaries.ferryd, "serve", "--ops-address", "127.0.0.1:0", "--ready-file", readyFile, "--embedded-dir", parent,
-        ])
-        var ready: [String: String]?
-        for _ in 0..<600 {
-            if let data = FileManager.default.contents(atPath: readyFile),
-               let object = try? JSONSerialization.jsonObject(with: data) as? [String: String] {
-                ready = object
-                break
-            }
-            guard process.child.isRunning else { break }
-            try await Task.sleep(for: .milliseconds(100))
+        let server = try await ServingFerryd.start()
+        guard let opsURL = server.ready["opsURL"], let directory = server.ready["embeddedDirectory"] else {
+            server.process.child.signal(SIGKILL)
+            _ = await server.process.finish()
+            throw SystemProcess.Failure(message: "the ready file lacks opsURL or embeddedDirectory: \(server.ready)")
         }
-        guard let ready, let opsURL = ready["opsURL"], let directory = ready["embeddedDirectory"] else {
-            process.child.signal(SIGKILL)
-            let result = await process.finish()
-            throw SystemProcess.Failure(message: "ferryd did not become ready: \(result.output)")
-        }
-        #expect(directory.hasPrefix(parent))
-        #expect(ready["database"]?.contains(":***@") == true, "the ready file must not hold the password")
+        #expect(directory.hasPrefix(server.scratch))
+        #expect(server.ready["database"]?.contains(":***@") == true, "the ready file must not hold the password")
         let pidText = try String(contentsOfFile: directory + "/data/postmaster.pid", encoding: .utf8).split(separator: "\n").first ?? ""
-        return Started(process: process, opsURL: opsURL, directory: directory, postmasterPID: pid_t(pidText) ?? -1, parent: parent)
+        return Started(process: server.process, opsURL: opsURL, directory: directory, postmasterPID: pid_t(pidText) ?? -1, parent: server.scratch)
     }
 
     private func get(_ url: String) async throws -> (Int, String) {

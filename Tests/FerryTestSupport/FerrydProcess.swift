@@ -87,3 +87,48 @@ public func runTogether(_ commands: [[String]], environment: [String: String] = 
     for process in processes { results.append(await process.finish(timeout: timeout)) }
     return results
 }
+
+/// A `ferryd serve` child process that has written its ready file.
+public struct ServingFerryd: Sendable {
+    public let process: RunningProcess
+    /// The ready file's fields: pid, address, opsURL, database, caFile, tokenFile, embeddedDirectory.
+    public let ready: [String: String]
+    /// A private directory for this server's files (ready file, embedded cluster).
+    public let scratch: String
+
+    public var address: String { ready["address"] ?? "" }
+    public var host: String { String(address[..<(address.lastIndex(of: ":") ?? address.endIndex)]) }
+    public var port: Int { Int(address[address.index(after: address.lastIndex(of: ":") ?? address.startIndex)...]) ?? 0 }
+
+    /// Starts `ferryd serve` on free ports (RPC and ops) with `arguments` added, and waits until
+    /// it is serving. Throws with the process output if it exits or is not ready within 60 s.
+    public static func start(_ arguments: [String] = [], environment: [String: String] = [:]) async throws -> ServingFerryd {
+        let scratch = FileManager.default.temporaryDirectory.path + "/ferryd-test-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        let readyFile = scratch + "/ready.json"
+        let process = try RunningProcess.start([
+            FerryBinaries.ferryd, "serve", "--listen", "127.0.0.1:0", "--ops-address", "127.0.0.1:0",
+            "--ready-file", readyFile, "--embedded-dir", scratch,
+        ] + arguments, environment: environment)
+        for _ in 0..<600 {
+            if let data = FileManager.default.contents(atPath: readyFile),
+               let ready = try? JSONSerialization.jsonObject(with: data) as? [String: String] {
+                return ServingFerryd(process: process, ready: ready, scratch: scratch)
+            }
+            guard process.child.isRunning else { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        process.child.signal(SIGKILL)
+        let result = await process.finish()
+        try? FileManager.default.removeItem(atPath: scratch)
+        throw SystemProcess.Failure(message: "ferryd did not become ready: \(result.output)")
+    }
+
+    /// Sends SIGTERM and waits for the exit; removes the scratch directory.
+    public func stop(timeout: Duration = .seconds(60)) async -> ProcessResult {
+        process.child.signal(SIGTERM)
+        let result = await process.finish(timeout: timeout)
+        try? FileManager.default.removeItem(atPath: scratch)
+        return result
+    }
+}
