@@ -1,4 +1,5 @@
 import FerryProtocol
+import Foundation
 import NIOCore
 import NIOEmbedded
 import Testing
@@ -112,14 +113,28 @@ import Testing
     }
 
     @Test func theDocumentedByteExampleIsExact() throws {
-        // docs/protocol.md shows these bytes; keep the two in step.
-        let call = ClientFrame.call(.init(stream: 1, method: "ferry.v1.Health/Check", metadata: [:], message: .object([:])))
-        let encoded = encodeFrame(call.json)
-        let text = String(buffer: encoded.getSlice(at: 4, length: encoded.readableBytes - 4)!)
-        #expect(text == #"{"message":{},"metadata":{},"method":"ferry.v1.Health/Check","stream":1,"type":"call"}"#)
-        #expect(Array(encoded.readableBytesView.prefix(4)) == [0, 0, 0, 86])
-        let answer = encodeFrame(ServerFrame.message(stream: 1, message: .object(["status": .string("SERVING")])).json)
-        #expect(String(buffer: answer.getSlice(at: 4, length: answer.readableBytes - 4)!) == #"{"message":{"status":"SERVING"},"stream":1,"type":"message"}"#)
-        #expect(Array(answer.readableBytesView.prefix(4)) == [0, 0, 0, 60])
+        // docs/protocol.md shows these bytes: the test reads the page, so the two cannot drift.
+        let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../docs/protocol.md")
+        let page = try String(contentsOf: docs, encoding: .utf8)
+
+        let call = encodeFrame(ClientFrame.call(.init(stream: 1, method: "ferry.v1.Health/Check", metadata: [:], message: .object([:]))).json)
+        let callBytes = Array(call.readableBytesView)
+        #expect(callBytes.prefix(4) == [0, 0, 0, 86])
+        // The hex dump: 16 bytes a line, hex padded to 47 columns, three spaces, the text.
+        let body = Array(callBytes.dropFirst(4))
+        let dump = stride(from: 0, to: body.count, by: 16).map { offset in
+            let chunk = body[offset..<min(offset + 16, body.count)]
+            let hex = chunk.map { String(format: "%02x", $0) }.joined(separator: " ")
+            return hex.padding(toLength: 47, withPad: " ", startingAt: 0) + "   " + String(decoding: chunk, as: UTF8.self)
+        }.joined(separator: "\n")
+        #expect(page.contains("00 00 00 56" + String(repeating: " ", count: 39) + "length 86\n" + dump + "\n"))
+
+        // The answer: a message frame, then the status, each as the page shows it.
+        for frame in [ServerFrame.message(stream: 1, message: .object(["status": .string("SERVING")])),
+                      ServerFrame.status(stream: 1, code: .ok, message: "", details: nil)] {
+            let bytes = Array(encodeFrame(frame.json).readableBytesView)
+            let prefix = bytes.prefix(4).map { String(format: "%02x", $0) }.joined(separator: " ")
+            #expect(page.contains(prefix + "\n" + String(decoding: bytes.dropFirst(4), as: UTF8.self) + "\n"), "\(prefix)")
+        }
     }
 }
