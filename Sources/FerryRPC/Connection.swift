@@ -110,6 +110,15 @@ struct Connection: Sendable {
     }
 
     private func serve(_ call: ClientFrame.Call, control: StreamControl) async {
+        // The deadline is an event-loop timer, cancelled (and freed) when the call ends. A
+        // cancelled `Task.sleep` would keep its timer until the deadline, so calls with long
+        // deadlines at a high rate would pile up memory.
+        let deadline = call.timeoutMs.map { timeoutMs in
+            channel.eventLoop.scheduleTask(in: .milliseconds(min(timeoutMs, Self.longestDeadlineMs))) {
+                control.interrupt(.deadlineExceeded(timeoutMs))
+            }
+        }
+        defer { deadline?.cancel() }
         let outcome: RPCError? = await withTaskGroup(of: RPCError?.self) { race in
             race.addTask { await runHandler(call, control: control) }
             race.addTask {
@@ -117,13 +126,7 @@ struct Connection: Sendable {
                 case .cancelled(let reason): return RPCError(.cancelled, reason)
                 case .reused(let stream): return RPCError(.invalidArgument, "stream id \(stream) was reused while the stream was open")
                 case .draining: return RPCError(.unavailable, "the server closed the connection before the call finished")
-                }
-            }
-            if let timeoutMs = call.timeoutMs {
-                race.addTask {
-                    try? await Task.sleep(for: .milliseconds(timeoutMs))
-                    if Task.isCancelled { return nil }
-                    return RPCError(.deadlineExceeded, "deadline of \(timeoutMs) ms exceeded")
+                case .deadlineExceeded(let timeoutMs): return RPCError(.deadlineExceeded, "deadline of \(timeoutMs) ms exceeded")
                 }
             }
             // The first to finish decides the status; the others are cancelled. A handler that
@@ -140,6 +143,9 @@ struct Connection: Sendable {
             logger.debug("call ended", metadata: ["method": "\(call.method)", "stream": "\(call.stream)", "code": "\(outcome.code.rawValue)"])
         }
     }
+
+    /// Deadlines beyond a year are held to a year (TimeAmount counts nanoseconds in an Int64).
+    static let longestDeadlineMs: Int64 = 365 * 24 * 3600 * 1000
 
     /// Runs the handler; `nil` means it finished normally (status OK).
     private func runHandler(_ call: ClientFrame.Call, control: StreamControl) async -> RPCError? {

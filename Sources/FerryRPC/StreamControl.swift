@@ -6,10 +6,12 @@ enum StreamInterruption: Sendable {
     case cancelled(String)
     case reused(Int32)
     case draining
+    /// The call's `timeoutMs` passed.
+    case deadlineExceeded(Int64)
 }
 
 /// One open stream's cancellation signal: fired by a `cancel` frame, a reused stream id,
-/// or the end of a drain; awaited by the task that runs the handler.
+/// its deadline, or the end of a drain; awaited by the task that runs the handler.
 final class StreamControl: Sendable {
     private struct State {
         var interruption: StreamInterruption?
