@@ -18,14 +18,19 @@ struct ServerCredentials {
     /// A directory this process created for generated credentials, removed on exit.
     var temporaryDirectory: String?
 
-    /// Loads configured credentials and generates the missing ones into the state directory.
-    ///
-    /// - Parameter defaultDirectory: where generated credentials go without a configured
-    ///   state directory (the embedded cluster's own directory, so even SIGKILL leaves no
-    ///   key behind); `nil` means a fresh temporary directory.
-    static func resolve(_ configuration: ServerConfiguration, defaultDirectory: String?, logger: Logger) throws -> ServerCredentials {
-        // Everything configured is read and checked first, so a mistake is reported before
-        // anything is generated or logged.
+    /// What the configuration names, read and checked; `complete` generates the rest.
+    struct Configured {
+        var tls: (chain: [NIOSSLCertificate], key: NIOSSLPrivateKey, file: String)?
+        var clientCertificateAuthorities: [NIOSSLCertificate]?
+        var tokens: TokenStore
+        var needsTokens: Bool
+        var stateDirectory: String?
+    }
+
+    /// Reads and checks the configured certificate, key, client CAs and tokens. Called
+    /// before anything else, so a mistake is reported before the database is touched or
+    /// anything is generated or logged.
+    static func load(_ configuration: ServerConfiguration) throws -> Configured {
         var configuredTLS: (chain: [NIOSSLCertificate], key: NIOSSLPrivateKey, file: String)?
         switch (configuration.tlsCertificateFile, configuration.tlsKeyFile) {
         case let (certificateFile?, keyFile?):
@@ -59,6 +64,19 @@ struct ServerCredentials {
             throw StartupFailure(message: error.message)
         }
         let needsTokens = configuration.tokensFile == nil && (configuration.tokensText ?? "").isEmpty
+        return Configured(
+            tls: configuredTLS, clientCertificateAuthorities: clientCertificateAuthorities, tokens: tokens,
+            needsTokens: needsTokens, stateDirectory: configuration.stateDirectory)
+    }
+
+    /// Generates what the configuration left out into the state directory.
+    ///
+    /// - Parameter defaultDirectory: where generated credentials go without a configured
+    ///   state directory (the embedded cluster's own directory, so even SIGKILL leaves no
+    ///   key behind); `nil` means a fresh temporary directory.
+    static func complete(_ configured: Configured, defaultDirectory: String?, logger: Logger) throws -> ServerCredentials {
+        let (configuredTLS, clientCertificateAuthorities, needsTokens) = (configured.tls, configured.clientCertificateAuthorities, configured.needsTokens)
+        var tokens = configured.tokens
         if let configuredTLS, !needsTokens {
             return ServerCredentials(
                 certificateChain: configuredTLS.chain, privateKey: configuredTLS.key,
@@ -69,7 +87,7 @@ struct ServerCredentials {
         // Generate what is missing into the state directory.
         var temporaryDirectory: String?
         let directory: String
-        if let chosen = configuration.stateDirectory ?? defaultDirectory {
+        if let chosen = configured.stateDirectory ?? defaultDirectory {
             directory = chosen
         } else {
             var template = Array((FileManager.default.temporaryDirectory.path + "/ferryd-XXXXXX").utf8CString)

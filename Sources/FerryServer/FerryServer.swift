@@ -40,8 +40,9 @@ public enum FerryServer {
 
     /// Runs `ferryd serve` until a shutdown signal.
     public static func serve(_ configuration: ServerConfiguration, logger: Logger) async throws {
-        // Refuse bad migrations input before creating anything.
+        // Refuse bad migrations input and bad TLS or token configuration before creating anything.
         _ = try configuration.migrations()
+        let configured = try ServerCredentials.load(configuration)
         guard let url = configuration.databaseURL else {
             let cluster = try await EmbeddedPostgres.start(parentDirectory: configuration.embeddedDirectory, database: "ferry", logger: logger)
             logger.notice("serving on the embedded default: a throwaway PostgreSQL cluster, removed on exit", metadata: [
@@ -50,8 +51,9 @@ public enum FerryServer {
             do {
                 // Generated credentials live inside the cluster's directory, so they go with
                 // it, even when the guardian cleans up after a SIGKILL.
-                let credentials = try ServerCredentials.resolve(configuration, defaultDirectory: cluster.baseDirectory + "/credentials", logger: logger)
-                try await serve(configuration, url: try DatabaseURL(parsing: cluster.url(database: "ferry")), credentials: credentials, embedded: cluster, logger: logger)
+                try await serve(configuration, url: try DatabaseURL(parsing: cluster.url(database: "ferry")), embedded: cluster, logger: logger) {
+                    try ServerCredentials.complete(configured, defaultDirectory: cluster.baseDirectory + "/credentials", logger: logger)
+                }
             } catch {
                 try? await cluster.stop()
                 throw error
@@ -59,17 +61,28 @@ public enum FerryServer {
             try await cluster.stop()
             return
         }
-        let credentials = try ServerCredentials.resolve(configuration, defaultDirectory: nil, logger: logger)
+        try await serve(configuration, url: url, embedded: nil, logger: logger) {
+            try ServerCredentials.complete(configured, defaultDirectory: nil, logger: logger)
+        }
+    }
+
+    /// Serves on a reachable, migrated control database. `credentials` is called once the
+    /// database is ready, so a refused start-up generates (and logs) nothing.
+    private static func serve(
+        _ configuration: ServerConfiguration, url: DatabaseURL,
+        embedded: EmbeddedPostgres?, logger: Logger,
+        credentials makeCredentials: () throws -> ServerCredentials
+    ) async throws {
+        // Fail fast, with one clear line, when the database cannot be reached at all.
+        _ = try await url.withConnection(logger: logger) { connection in
+            try await connection.execute("SELECT 1", logger: logger)
+        }
+        try await migrate(configuration, url: url, logger: logger)
+
+        let credentials = try makeCredentials()
         defer {
             if let directory = credentials.temporaryDirectory { try? FileManager.default.removeItem(atPath: directory) }
         }
-        try await serve(configuration, url: url, credentials: credentials, embedded: nil, logger: logger)
-    }
-
-    private static func serve(
-        _ configuration: ServerConfiguration, url: DatabaseURL, credentials: ServerCredentials,
-        embedded: EmbeddedPostgres?, logger: Logger
-    ) async throws {
         var rpcConfiguration = RPCServerConfiguration(certificateChain: credentials.certificateChain, privateKey: credentials.privateKey)
         rpcConfiguration.host = configuration.listenHost
         rpcConfiguration.port = configuration.listenPort
@@ -79,12 +92,6 @@ public enum FerryServer {
         rpcConfiguration.maxFrameBytes = configuration.maxFrameBytes
         rpcConfiguration.idleTimeout = configuration.idleTimeout
         rpcConfiguration.drainTimeout = configuration.drainTimeout
-        // Fail fast, with one clear line, when the database cannot be reached at all.
-        _ = try await url.withConnection(logger: logger) { connection in
-            try await connection.execute("SELECT 1", logger: logger)
-        }
-        try await migrate(configuration, url: url, logger: logger)
-
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         Gauge(label: "ferry_build_info", dimensions: [("version", FerryVersion.current)]).record(1)
