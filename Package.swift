@@ -86,6 +86,45 @@ let package = Package(
             ]
         ),
 
+        // Jobs in the control database: records, events, the NOTIFY listener, wake-ups.
+        .target(
+            name: "JobStore",
+            dependencies: [
+                "ControlDatabase",
+                "FerryProtocol",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // Admission under the per-instance cap, the FIFO queue, and the leader that rescues
+        // jobs of dead replicas.
+        .target(
+            name: "Coordinator",
+            dependencies: [
+                "JobStore",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // The bounded executor pool and the interface job kinds implement.
+        .target(
+            name: "Executors",
+            dependencies: [
+                "JobStore",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // WatchJob's per-replica fan-out of job events.
+        .target(
+            name: "Watch",
+            dependencies: ["JobStore"]
+        ),
+
         // The server process: configuration, start-up, ops endpoint (health, metrics), shutdown.
         .target(
             name: "FerryServer",
@@ -95,6 +134,10 @@ let package = Package(
                 "EmbeddedPostgres",
                 "FerryProtocol",
                 "FerryRPC",
+                "JobStore",
+                "Coordinator",
+                "Executors",
+                "Watch",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -106,16 +149,31 @@ let package = Package(
             ]
         ),
 
-        .executableTarget(
-            name: "ferryd",
+        // The ferryd command line (serve, migrate, token), shared by ferryd and test builds.
+        .target(
+            name: "FerrydCLI",
             dependencies: [
+                "FerryCore",
                 "FerryServer",
                 "FerryRPC",
                 "FerryProtocol",
                 "ControlDatabase",
+                "EmbeddedPostgres",
+                "Executors",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        .executableTarget(
+            name: "ferryd",
+            dependencies: ["FerrydCLI", "Executors"]
+        ),
+        // ferryd with test-only job kinds (sleeping, failing, resumable), for the job-engine
+        // tests that run real replicas; never shipped.
+        .executableTarget(
+            name: "ferryd-test",
+            dependencies: ["FerrydCLI", "Executors", "FerryProtocol"],
+            path: "Tests/FerrydTestServer"
         ),
         .executableTarget(
             name: "ferry",
@@ -160,7 +218,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["ferryd", "ferry", "FerryCore", "ControlDatabase", "EmbeddedPostgres", "FerryTestSupport",
+            dependencies: ["ferryd", "ferry", "ferryd-test", "FerryCore", "ControlDatabase", "EmbeddedPostgres", "FerryTestSupport",
                            "FerryClient", "FerryProtocol", "FerryRPC"]
         ),
     ]

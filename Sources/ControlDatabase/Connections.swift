@@ -45,3 +45,28 @@ extension PostgresConnection {
         try await self.query(query, logger: logger).collect()
     }
 }
+
+extension PostgresConnection {
+    /// Runs `body` inside `BEGIN` … `COMMIT`. On any error the transaction is rolled back
+    /// (best effort: a broken connection rolls back by itself) and the body's error is thrown.
+    public func transaction<Result>(
+        logger: Logger,
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (PostgresConnection) async throws -> sending Result
+    ) async throws -> sending Result {
+        try await execute("BEGIN", logger: logger)
+        do {
+            let result = try await body(self)
+            try await execute("COMMIT", logger: logger)
+            return result
+        } catch {
+            _ = try? await execute("ROLLBACK", logger: logger)
+            throw error
+        }
+    }
+}
+
+extension PSQLError {
+    /// The SQLSTATE the server sent, if this is a server error.
+    public var sqlState: String? { serverInfo?[.sqlState] }
+}

@@ -99,32 +99,107 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         }
         if database.isEmpty { database = user }
 
+        var options = Options()
+        for item in components.queryItems ?? [] {
+            try options.apply(item.name, item.value ?? "", in: "the database URL")
+        }
+        self.init(
+            host: host, port: port, user: user, password: password, database: database,
+            sslMode: options.sslMode, applicationName: options.applicationName, connectTimeout: options.connectTimeout)
+    }
+
+    /// The parameters both connection-string forms accept beside the address and credentials.
+    private struct Options {
         var sslMode = SSLMode.prefer
         var applicationName: String?
         var connectTimeout = 10
-        for item in components.queryItems ?? [] {
-            let value = item.value ?? ""
-            switch item.name {
+
+        mutating func apply(_ name: String, _ value: String, in source: String) throws(ParseError) {
+            switch name {
             case "sslmode":
                 guard let mode = SSLMode(rawValue: value) else {
                     let allowed = SSLMode.allCases.map(\.rawValue).joined(separator: ", ")
-                    throw ParseError(message: "the database URL has sslmode '\(value)'; expected one of \(allowed)")
+                    throw ParseError(message: "\(source) has sslmode '\(value)'; expected one of \(allowed)")
                 }
                 sslMode = mode
             case "application_name":
                 applicationName = value
             case "connect_timeout":
                 guard let seconds = Int(value), seconds > 0 else {
-                    throw ParseError(message: "the database URL has connect_timeout '\(value)'; expected a positive number of seconds")
+                    throw ParseError(message: "\(source) has connect_timeout '\(value)'; expected a positive number of seconds")
                 }
                 connectTimeout = seconds
             default:
-                throw ParseError(message: "the database URL has unsupported parameter '\(item.name)' (supported: sslmode, application_name, connect_timeout)")
+                throw ParseError(message: "\(source) has unsupported parameter '\(name)' (supported: sslmode, application_name, connect_timeout)")
             }
+        }
+    }
+
+    /// Parses a libpq connection string in either form: a `postgres://` URL, or
+    /// space-separated `key=value` pairs (`host`, `port`, `user`, `password`, `dbname`, and
+    /// the URL's parameters; values may be single-quoted with `\'` and `\\` escapes).
+    /// Errors never quote the password.
+    public init(parsingConnectionString string: String) throws(ParseError) {
+        let trimmed = string.trimmingCharacters(in: .whitespacesAndNewlines)
+        if trimmed.isEmpty || trimmed.contains("://") {
+            try self.init(parsing: trimmed)
+            return
+        }
+        var pairs: [String: String] = [:]
+        var characters = Substring(trimmed)
+        while let start = characters.firstIndex(where: { !$0.isWhitespace }) {
+            characters = characters[start...]
+            guard let equals = characters.firstIndex(of: "=") else {
+                throw ParseError(message: "the connection string has '\(characters.prefix(while: { !$0.isWhitespace }))' without '=' (expected key=value pairs or a postgres:// URL)")
+            }
+            let key = characters[..<equals].trimmingCharacters(in: .whitespaces)
+            characters = characters[characters.index(after: equals)...].drop(while: { $0 == " " })
+            var value = ""
+            if characters.first == "'" {
+                characters = characters.dropFirst()
+                var closed = false
+                while let character = characters.first {
+                    characters = characters.dropFirst()
+                    if character == "\\", let next = characters.first {
+                        value.append(next)
+                        characters = characters.dropFirst()
+                    } else if character == "'" {
+                        closed = true
+                        break
+                    } else {
+                        value.append(character)
+                    }
+                }
+                guard closed else { throw ParseError(message: "the connection string has an unterminated quoted value for '\(key)'") }
+            } else {
+                let end = characters.firstIndex(where: \.isWhitespace) ?? characters.endIndex
+                value = String(characters[..<end])
+                characters = characters[end...]
+            }
+            pairs[key] = value
+        }
+        guard let host = pairs.removeValue(forKey: "host"), !host.isEmpty else {
+            throw ParseError(message: "the connection string names no host")
+        }
+        guard let user = pairs.removeValue(forKey: "user"), !user.isEmpty else {
+            throw ParseError(message: "the connection string names no user")
+        }
+        var port = 5432
+        if let text = pairs.removeValue(forKey: "port") {
+            guard let value = Int(text), (1...65535).contains(value) else {
+                throw ParseError(message: "the connection string has port '\(text)'; expected a number from 1 to 65535")
+            }
+            port = value
+        }
+        let password = pairs.removeValue(forKey: "password")
+        let database = pairs.removeValue(forKey: "dbname") ?? user
+        var options = Options()
+        for (name, value) in pairs.sorted(by: { $0.key < $1.key }) {
+            try options.apply(name, value, in: "the connection string")
         }
         self.init(
             host: host, port: port, user: user, password: password, database: database,
-            sslMode: sslMode, applicationName: applicationName, connectTimeout: connectTimeout)
+            sslMode: options.sslMode, applicationName: options.applicationName, connectTimeout: options.connectTimeout)
     }
 
     /// Host and port as one would type them, with IPv6 addresses bracketed.

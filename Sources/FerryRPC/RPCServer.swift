@@ -43,8 +43,11 @@ public struct RPCServer: Service {
                 channel.eventLoop.makeCompletedFuture {
                     let handlers = channel.pipeline.syncOperations
                     try handlers.addHandler(NIOSSLServerHandler(context: sslContext))
-                    try handlers.addHandler(HandshakeTimeoutHandler(timeout: TimeAmount(configuration.handshakeTimeout)))
-                    try handlers.addHandler(IdleStateHandler(readTimeout: TimeAmount(configuration.idleTimeout)))
+                    // The idle timer starts once the handshake is done (the handshake has its own
+                    // timeout): a slow handshake on a busy machine must not count as idleness.
+                    try handlers.addHandler(HandshakeTimeoutHandler(
+                        timeout: TimeAmount(configuration.handshakeTimeout),
+                        then: { IdleStateHandler(readTimeout: TimeAmount(configuration.idleTimeout)) }))
                     try handlers.addHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes))
                     return try NIOAsyncChannel<FrameEvent, ByteBuffer>(wrappingChannelSynchronously: channel)
                 }
@@ -106,12 +109,17 @@ final class ConnectionCounter: Sendable {
 
 /// Closes a connection whose TLS handshake has not completed within the timeout, so a
 /// client that connects and sends nothing (or plaintext that stalls) cannot hold a slot.
+/// Once the handshake is done it replaces itself with the handler `then` makes.
 final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
     private let timeout: TimeAmount
+    private let then: () -> any ChannelHandler
     private var scheduled: Scheduled<Void>?
 
-    init(timeout: TimeAmount) { self.timeout = timeout }
+    init(timeout: TimeAmount, then: @escaping () -> any ChannelHandler) {
+        self.timeout = timeout
+        self.then = then
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         if context.channel.isActive { arm(context) }
@@ -131,12 +139,13 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        context.fireUserInboundEventTriggered(event)
         if let tls = event as? TLSUserEvent, case .handshakeCompleted = tls {
             scheduled?.cancel()
             scheduled = nil
+            try? context.pipeline.syncOperations.addHandler(then(), position: .after(self))
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         }
-        context.fireUserInboundEventTriggered(event)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {

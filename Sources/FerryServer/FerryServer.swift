@@ -99,6 +99,7 @@ public enum FerryServer {
         let client = PostgresClient(configuration: url.clientConfiguration(), backgroundLogger: logger)
         let probe = HealthProbe(client: client, logger: logger)
         let health: @Sendable () async -> Bool = { await probe.isHealthy() }
+        let engine = JobEngine(configuration, url: url, client: client, logger: logger)
 
         // The ready file is written once both listeners are bound.
         let bound = Mutex<(rpc: String?, ops: String?)>((nil, nil))
@@ -136,7 +137,7 @@ public enum FerryServer {
             })
         let rpc = RPCServer(
             configuration: rpcConfiguration,
-            router: makeRouter(health: health),
+            router: makeRouter(health: health, engine: engine),
             tokens: credentials.tokens,
             logger: logger,
             onBound: { address in
@@ -146,8 +147,15 @@ public enum FerryServer {
             })
 
         let group = ServiceGroup(configuration: .init(
+            // Shut down in reverse order: the RPC server first (goaway, drain), then the ops
+            // endpoint, the executors (running jobs stop and become resumable), the queue,
+            // the leader (which hands its lease back), the notifier, and the pool last.
             services: [
                 .init(service: client),
+                .init(service: engine.notifier),
+                .init(service: engine.leader),
+                .init(service: engine.queue),
+                .init(service: engine.executors),
                 // Either server ending (even by error) ends the process: the ops server is how
                 // we are watched, the RPC server is what we are for.
                 .init(service: ops, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
@@ -164,11 +172,13 @@ public enum FerryServer {
 
     /// The methods this build serves. Job and instance methods answer UNIMPLEMENTED until
     /// the job engine registers them.
-    static func makeRouter(health: @escaping @Sendable () async -> Bool) -> MethodRouter {
+    static func makeRouter(health: @escaping @Sendable () async -> Bool, engine: JobEngine) -> MethodRouter {
         var router = MethodRouter()
         router.unary(.healthCheck) { (_: HealthCheckRequest, _) in
             HealthCheckResponse(status: await health() ? .serving : .notServing)
         }
+        engine.jobs.register(into: &router)
+        engine.instances.register(into: &router)
         return router
     }
 

@@ -1,4 +1,6 @@
 import ControlDatabase
+import Coordinator
+import Executors
 
 /// Everything `ferryd serve` and `ferryd migrate` need, resolved from flags and environment.
 public struct ServerConfiguration: Sendable {
@@ -41,6 +43,24 @@ public struct ServerConfiguration: Sendable {
     public var maxFrameBytes: Int = 4 * 1024 * 1024
     public var idleTimeout: Duration = .seconds(300)
     public var drainTimeout: Duration = .seconds(30)
+
+    /// The job engine: admission cap, executors, heartbeats, leader lease.
+    public var coordinator = Coordinator.Configuration()
+    public var executors = ExecutorPool.Configuration()
+    public var leader = Leader.Configuration()
+    /// The job kinds this server runs; a kind without a runner is refused at StartJob.
+    public var runners = JobRunners()
+    /// Where LISTEN connects (a session of its own; never through a transaction pooler).
+    public var listenDatabase: ListenDatabase = .automatic
+
+    /// Which connection receives NOTIFY hints.
+    public enum ListenDatabase: Sendable {
+        /// The migration URL if set (the direct one in pooled set-ups), else the database URL.
+        case automatic
+        case url(DatabaseURL)
+        /// No LISTEN: everything polls (for a pooled DSN with no direct one).
+        case none
+    }
 
     public init() {}
 

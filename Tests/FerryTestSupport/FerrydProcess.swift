@@ -10,6 +10,8 @@ public enum FerryBinaries {
     }
 
     public static var ferryd: String { directory + "/ferryd" }
+    /// ferryd with the test-only job kinds of `Tests/FerrydTestServer`.
+    public static var ferrydTest: String { directory + "/ferryd-test" }
     public static var ferry: String { directory + "/ferry" }
 }
 
@@ -102,12 +104,12 @@ public struct ServingFerryd: Sendable {
 
     /// Starts `ferryd serve` on free ports (RPC and ops) with `arguments` added, and waits until
     /// it is serving. Throws with the process output if it exits or is not ready within 60 s.
-    public static func start(_ arguments: [String] = [], environment: [String: String] = [:]) async throws -> ServingFerryd {
+    public static func start(_ arguments: [String] = [], environment: [String: String] = [:], binary: String = FerryBinaries.ferryd) async throws -> ServingFerryd {
         let scratch = FileManager.default.temporaryDirectory.path + "/ferryd-test-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         let readyFile = scratch + "/ready.json"
         let process = try RunningProcess.start([
-            FerryBinaries.ferryd, "serve", "--listen", "127.0.0.1:0", "--ops-address", "127.0.0.1:0",
+            binary, "serve", "--listen", "127.0.0.1:0", "--ops-address", "127.0.0.1:0",
             "--ready-file", readyFile, "--embedded-dir", scratch,
         ] + arguments, environment: environment)
         for _ in 0..<600 {

@@ -4,13 +4,20 @@ import EmbeddedPostgres
 import Foundation
 import FerryServer
 import Logging
+import Executors
+import Synchronization
 
-@main
-enum FerrydMain {
+/// The `ferryd` command line, shared by the `ferryd` executable and test builds that add
+/// job kinds of their own.
+public enum FerrydMain {
+    /// The job kinds `serve` runs.
+    static let runners = Mutex(JobRunners())
+
     /// Parses and runs a command. Start-up failures the user can act on (bad configuration,
     /// an unreachable or refusing database, refused migrations) print as one line,
     /// `ferryd: error: …`, with exit status 1 and no stack trace.
-    static func main() async {
+    public static func main(runners: JobRunners) async {
+        Self.runners.withLock { $0 = runners }
         // Logs go to stderr; stdout is kept for command output.
         LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
         do {

@@ -170,8 +170,35 @@ struct Serve: AsyncParsableCommand {
         valueName: "seconds"))
     var drainTimeout: Int?
 
+    @Option(name: .customLong("max-running-per-instance"), help: ArgumentHelp(
+        "RUNNING jobs allowed per instance; more are refused (RESOURCE_EXHAUSTED) or queued. Env: FERRY_MAX_RUNNING_PER_INSTANCE. Default 3.",
+        valueName: "n"))
+    var maxRunningPerInstance: Int?
+
+    @Option(name: .customLong("executors"), help: ArgumentHelp("Jobs this replica runs at once. Env: FERRY_EXECUTORS. Default 4.", valueName: "n"))
+    var executors: Int?
+
+    @Option(name: .customLong("heartbeat-interval"), help: ArgumentHelp(
+        "Seconds between heartbeats of running jobs. Env: FERRY_HEARTBEAT_INTERVAL. Default 2.", valueName: "seconds"))
+    var heartbeatInterval: Double?
+
+    @Option(name: .customLong("heartbeat-timeout"), help: ArgumentHelp(
+        "Seconds without a heartbeat after which the leader fails a job (its replica died). Env: FERRY_HEARTBEAT_TIMEOUT. Default 15.",
+        valueName: "seconds"))
+    var heartbeatTimeout: Double?
+
+    @Option(name: .customLong("leader-lease"), help: ArgumentHelp(
+        "Lifetime of the leader lease; a dead leader is replaced within it. Env: FERRY_LEADER_LEASE. Default 10.", valueName: "seconds"))
+    var leaderLease: Double?
+
+    @Option(name: .customLong("listen-database-url"), help: ArgumentHelp(
+        "Direct URL for LISTEN (notifications), never a transaction pooler; 'none' to poll only. Env: FERRY_LISTEN_DATABASE_URL. Default: the migration URL, else the database URL.",
+        valueName: "url|none"))
+    var listenDatabaseURL: String?
+
     mutating func run() async throws {
         var configuration = ServerConfiguration()
+        configuration.runners = FerrydMain.runners.withLock { $0 }
         try database.resolve(into: &configuration)
         let logger = try database.makeLogger()
         if configuration.databaseURL == nil, configuration.migrationDatabaseURL != nil {
@@ -197,6 +224,31 @@ struct Serve: AsyncParsableCommand {
         if let n = try settings.count(maxFrameBytes, flag: "--max-frame-bytes", variable: "FERRY_MAX_FRAME_BYTES") { configuration.maxFrameBytes = n }
         if let n = try settings.count(idleTimeout, flag: "--idle-timeout", variable: "FERRY_IDLE_TIMEOUT_SECONDS") { configuration.idleTimeout = .seconds(n) }
         if let n = try settings.count(drainTimeout, flag: "--drain-timeout", variable: "FERRY_DRAIN_TIMEOUT_SECONDS") { configuration.drainTimeout = .seconds(n) }
+        if let n = try settings.count(maxRunningPerInstance, flag: "--max-running-per-instance", variable: "FERRY_MAX_RUNNING_PER_INSTANCE") {
+            configuration.coordinator.maxRunningPerInstance = n
+        }
+        if let n = try settings.count(executors, flag: "--executors", variable: "FERRY_EXECUTORS") { configuration.executors.executors = n }
+        if let d = try settings.seconds(heartbeatInterval, flag: "--heartbeat-interval", variable: "FERRY_HEARTBEAT_INTERVAL") {
+            configuration.executors.heartbeatInterval = d
+        }
+        if let d = try settings.seconds(heartbeatTimeout, flag: "--heartbeat-timeout", variable: "FERRY_HEARTBEAT_TIMEOUT") {
+            configuration.leader.heartbeatTimeout = d
+        }
+        if let d = try settings.seconds(leaderLease, flag: "--leader-lease", variable: "FERRY_LEADER_LEASE") { configuration.leader.leaseDuration = d }
+        guard configuration.leader.heartbeatTimeout > configuration.executors.heartbeatInterval * 2 else {
+            throw StartupError("the heartbeat timeout must be more than twice the heartbeat interval, or live jobs would be failed")
+        }
+        if let text = settings.string(listenDatabaseURL, "FERRY_LISTEN_DATABASE_URL") {
+            if text == "none" {
+                configuration.listenDatabase = .none
+            } else {
+                do {
+                    configuration.listenDatabase = .url(try DatabaseURL(parsing: text))
+                } catch {
+                    throw StartupError("invalid \(listenDatabaseURL != nil ? "--listen-database-url" : "FERRY_LISTEN_DATABASE_URL"): \(error.message)")
+                }
+            }
+        }
         try await FerryServer.serve(configuration, logger: logger)
     }
 }
@@ -220,6 +272,21 @@ struct Settings {
         guard let text = environment[variable], !text.isEmpty else { return nil }
         guard let value = Int(text), value >= 1 else { throw StartupError("invalid \(variable): '\(text)' is not a whole number ≥ 1") }
         return value
+    }
+
+    /// A positive number of seconds (fractions allowed).
+    func seconds(_ flag: Double?, flag name: String, variable: String) throws(StartupError) -> Duration? {
+        let value: Double
+        if let flag {
+            value = flag
+        } else if let text = environment[variable], !text.isEmpty {
+            guard let parsed = Double(text) else { throw StartupError("invalid \(variable): '\(text)' is not a number of seconds") }
+            value = parsed
+        } else {
+            return nil
+        }
+        guard value > 0, value <= 86_400 else { throw StartupError("invalid \(flag != nil ? name : variable): \(value) is not a number of seconds in (0, 86400]") }
+        return .milliseconds(Int64((value * 1000).rounded()))
     }
 
     /// host:port (an IPv6 host in brackets); port 0 means any free port.

@@ -1,0 +1,64 @@
+import ControlDatabase
+import Coordinator
+import Executors
+import Foundation
+import JobStore
+import Logging
+import PostgresNIO
+import Watch
+
+/// One replica's job engine: coordinator, queue, executors, leader, notifications, watchers,
+/// and the RPC handlers over them.
+struct JobEngine: Sendable {
+    let replica: String
+    let notifier: Notifier
+    let coordinator: Coordinator
+    let queue: QueueLoop
+    let executors: ExecutorPool
+    let leader: Leader
+    let watchHub: WatchHub
+    let jobs: JobsService
+    let instances: InstancesService
+
+    init(_ configuration: ServerConfiguration, url: DatabaseURL, client: PostgresClient, logger: Logger) {
+        // Unique per process, readable in job rows and logs.
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "ferryd"
+        replica = "\(host):\(getpid()):\(UUID().uuidString.prefix(4).lowercased())"
+        var logger = logger
+        logger[metadataKey: "replica"] = "\(replica)"
+
+        let listenURL: DatabaseURL?
+        switch configuration.listenDatabase {
+        case .automatic: listenURL = configuration.migrationDatabaseURL ?? url
+        case .url(let given): listenURL = given
+        case .none: listenURL = nil
+        }
+        notifier = Notifier(url: listenURL, logger: logger)
+        let coordinator = Coordinator(url: url, configuration: configuration.coordinator, logger: logger)
+        self.coordinator = coordinator
+        let queue = QueueLoop(coordinator: coordinator, logger: logger)
+        self.queue = queue
+        executors = ExecutorPool(
+            replica: replica, client: client, runners: configuration.runners, configuration: configuration.executors, logger: logger,
+            onFinished: { queue.wake() })
+        leader = Leader(replica: replica, client: client, configuration: configuration.leader, logger: logger, onRescued: { queue.wake() })
+        watchHub = WatchHub(client: client, notifier: notifier, logger: logger)
+        jobs = JobsService(client: client, coordinator: coordinator, runners: configuration.runners, executors: executors, watchHub: watchHub, logger: logger)
+        instances = InstancesService(client: client, logger: logger)
+
+        let executors = self.executors
+        notifier.subscribe { payload in
+            switch payload {
+            case "admitted": executors.wake()
+            case "freed": queue.wake()
+            case Notifier.resync:
+                executors.wake()
+                queue.wake()
+            default:
+                if payload.hasPrefix("cancel:"), let id = UUID(uuidString: String(payload.dropFirst(7))) {
+                    executors.cancel(id)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+import ControlDatabase
+import Coordinator
+import Executors
+import FerryProtocol
+import FerryRPC
+import Foundation
+import JobStore
+import Logging
+import PostgresNIO
+import Watch
+
+/// The handlers of `ferry.v1.Jobs`: plain async functions over the coordinator, the control
+/// database and the watch hub.
+struct JobsService: Sendable {
+    let client: PostgresClient
+    let coordinator: Coordinator
+    let runners: JobRunners
+    let executors: ExecutorPool
+    let watchHub: WatchHub
+    let logger: Logger
+
+    /// ListJobs page size when the request leaves it 0, and the most it may ask for.
+    static let defaultPageSize = 50
+    static let maxPageSize = 500
+
+    func register(into router: inout MethodRouter) {
+        router.unary(.startJob) { (request: StartJobRequest, context) in try await startJob(request, context) }
+        router.unary(.rerunJob) { (request: RerunJobRequest, context) in try await rerunJob(request, context) }
+        router.unary(.getJob) { (request: GetJobRequest, _) in try await getJob(request) }
+        router.unary(.listJobs) { (request: ListJobsRequest, _) in try await listJobs(request) }
+        router.unary(.cancelJob) { (request: CancelJobRequest, _) in try await cancelJob(request) }
+        router.serverStreaming(.watchJob) { (request: WatchJobRequest, _, writer: ResponseWriter<JobEvent>) in
+            try await watchJob(request, writer)
+        }
+    }
+
+    func startJob(_ request: StartJobRequest, _ context: RPCContext) async throws -> Job {
+        let params = try JobPlan.params(of: request)
+        _ = try JobPlan.touches(params)
+        try requireRunner(params.kind ?? .unspecified)
+        let requestID = try Self.requestID(request.requestId)
+        let record = try await coordinator.admit(.init(
+            params: params, queue: request.queue ?? false, requestID: requestID, createdBy: context.principal?.name))
+        return record.job
+    }
+
+    func rerunJob(_ request: RerunJobRequest, _ context: RPCContext) async throws -> Job {
+        let id = try parseJobID(request.jobId)
+        let requestID = try Self.requestID(request.requestId)
+        guard let job = try await database({ try await JobStore.fetch(id, on: $0, logger: logger) }) else {
+            throw RPCError(.notFound, "job \(id.uuidString.lowercased()) not found")
+        }
+        // A repeat of a rerun that already happened returns its job, whatever state the
+        // predecessor is in now.
+        var repeated = false
+        if let requestID {
+            repeated = try await database({ try await JobStore.fetch(requestID: requestID, on: $0, logger: logger) }) != nil
+        }
+        if !repeated { try Coordinator.checkRerunnable(job) }
+        try requireRunner(job.kind)
+        let record = try await coordinator.admit(.init(
+            params: job.params, queue: request.queue ?? false, requestID: requestID, createdBy: context.principal?.name, rerunOf: id))
+        return record.job
+    }
+
+    func getJob(_ request: GetJobRequest) async throws -> Job {
+        let id = try parseJobID(request.jobId)
+        guard let job = try await database({ try await JobStore.fetch(id, on: $0, logger: logger) }) else {
+            throw RPCError(.notFound, "job \(id.uuidString.lowercased()) not found")
+        }
+        return job.job
+    }
+
+    func listJobs(_ request: ListJobsRequest) async throws -> ListJobsResponse {
+        let requested = Int(request.pageSize ?? 0)
+        guard requested >= 0 else { throw RPCError(.invalidArgument, "pageSize must not be negative") }
+        let pageSize = min(requested == 0 ? Self.defaultPageSize : requested, Self.maxPageSize)
+        let after = try request.pageToken.flatMap { $0.isEmpty ? nil : try Self.decodePageToken($0) }
+        if let instance = request.instance, !instance.isEmpty, !JobPlan.isInstanceID(instance) {
+            throw RPCError(.invalidArgument, "instance \"\(instance.prefix(80))\" is not an instance id")
+        }
+        let status = request.status == .unspecified ? nil : request.status
+        let kind = request.kind == .unspecified ? nil : request.kind
+        let records = try await database { connection in
+            try await JobStore.list(
+                status: status, kind: kind, instance: (request.instance ?? "").isEmpty ? nil : request.instance,
+                after: after, limit: pageSize + 1, on: connection, logger: logger)
+        }
+        let page = records.prefix(pageSize)
+        var response = ListJobsResponse(jobs: page.map(\.job))
+        if records.count > pageSize, let last = page.last {
+            response.nextPageToken = Self.encodePageToken(last.createdAt, last.id)
+        } else {
+            response.nextPageToken = ""
+        }
+        return response
+    }
+
+    /// A queued job, or an admitted one no executor has picked up yet, is cancelled at once.
+    /// A running one gets a cancel request: its replica hears it by NOTIFY (or at its next
+    /// heartbeat) and stops it, and it ends CANCELLED, resumable by RerunJob.
+    func cancelJob(_ request: CancelJobRequest) async throws -> Job {
+        let id = try parseJobID(request.jobId)
+        let (record, freed) = try await database { connection in
+            try await connection.transaction(logger: logger) { connection -> (JobRecord?, Bool) in
+                let rows = try await connection.execute("SELECT status, owner FROM jobs WHERE id = \(id) FOR UPDATE", logger: logger)
+                guard let row = rows.first else { return (nil, false) }
+                let (status, owner) = try row.decode((String, String?).self)
+                var freed = false
+                if status == JobStatus.queued.rawValue || (status == JobStatus.running.rawValue && owner == nil) {
+                    try await connection.execute("""
+                        UPDATE jobs SET status = 'CANCELLED', finished_at = clock_timestamp(), updated_at = clock_timestamp(),
+                               cancel_requested_at = clock_timestamp() WHERE id = \(id)
+                        """, logger: logger)
+                    _ = try await JobStore.appendStatus(id, status: .cancelled, error: nil, on: connection, logger: logger)
+                    try await connection.execute("SELECT pg_notify(\(JobStore.channel), 'freed')", logger: logger)
+                    freed = true
+                } else if status == JobStatus.running.rawValue {
+                    try await connection.execute("""
+                        UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, clock_timestamp()) WHERE id = \(id)
+                        """, logger: logger)
+                    try await connection.execute("SELECT pg_notify(\(JobStore.channel), 'cancel:' || \(id.uuidString.lowercased()))", logger: logger)
+                }
+                return (try await JobStore.fetch(id, on: connection, logger: logger), freed)
+            }
+        }
+        guard let record else { throw RPCError(.notFound, "job \(id.uuidString.lowercased()) not found") }
+        executors.cancel(id)
+        if freed { _ = try? await coordinator.promoteQueued() }
+        return record.job
+    }
+
+    func watchJob(_ request: WatchJobRequest, _ writer: ResponseWriter<JobEvent>) async throws {
+        let id = try parseJobID(request.jobId)
+        let after = request.afterSeq?.value ?? 0
+        guard after >= 0 else { throw RPCError(.invalidArgument, "afterSeq must not be negative") }
+        guard let record = try await database({ try await JobStore.fetch(id, on: $0, logger: logger) }) else {
+            throw RPCError(.notFound, "job \(id.uuidString.lowercased()) not found")
+        }
+        // The SNAPSHOT is not part of the job's history: it carries afterSeq, the position
+        // the stream continues from, so resuming from it loses no event.
+        var snapshot = JobEvent(seq: ProtoInt64(after), type: .snapshot)
+        snapshot.job = record.job
+        snapshot.jobId = record.job.id
+        snapshot.at = ProtoTimestamp(Date())
+        try await writer.write(snapshot)
+        try await watchHub.watch(id, after: after) { event in try await writer.write(event) }
+    }
+
+    // MARK: Helpers
+
+    private func requireRunner(_ kind: JobKind) throws {
+        guard runners.runner(for: kind) != nil else {
+            throw RPCError(.unimplemented, "job kind \(kind.rawValue) is not available in this build of ferryd")
+        }
+    }
+
+    static func requestID(_ text: String?) throws -> String? {
+        guard let text, !text.isEmpty else { return nil }
+        guard text.utf8.count <= 200 else { throw RPCError(.invalidArgument, "requestId is longer than 200 bytes") }
+        return text
+    }
+
+    /// Page tokens are opaque to clients: base64url of "<created_at µs>:<id>".
+    static func encodePageToken(_ createdAt: Date, _ id: UUID) -> String {
+        let micros = Int64((createdAt.timeIntervalSince1970 * 1_000_000).rounded())
+        return Data("\(micros):\(id.uuidString.lowercased())".utf8).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+    }
+
+    static func decodePageToken(_ token: String) throws -> (micros: Int64, id: UUID) {
+        var base64 = token.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while base64.count % 4 != 0 { base64 += "=" }
+        guard let data = Data(base64Encoded: base64), let text = String(data: data, encoding: .utf8) else {
+            throw RPCError(.invalidArgument, "pageToken is not a token this server issued")
+        }
+        let parts = text.split(separator: ":")
+        guard parts.count == 2, let micros = Int64(parts[0]), let id = UUID(uuidString: String(parts[1])) else {
+            throw RPCError(.invalidArgument, "pageToken is not a token this server issued")
+        }
+        return (micros, id)
+    }
+
+    /// Runs `body` on a pooled connection; an unreachable database is UNAVAILABLE.
+    func database<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        do {
+            return try await client.withConnection(body)
+        } catch let error as RPCError {
+            throw error
+        } catch {
+            logger.warning("control database call failed", metadata: ["error": "\(String(reflecting: error))"])
+            throw RPCError(.unavailable, "the control database is unavailable; retry")
+        }
+    }
+}

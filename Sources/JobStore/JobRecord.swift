@@ -1,0 +1,133 @@
+import FerryProtocol
+import Foundation
+import PostgresNIO
+
+/// A job row of the control database, with what the engine needs beside the proto `Job`.
+public struct JobRecord: Sendable {
+    public var id: UUID
+    public var kind: JobKind
+    public var status: JobStatus
+    public var params: JobParams
+    public var attempt: Int32
+    public var rerunOf: UUID?
+    public var rootJobID: UUID
+    public var progress: JobProgress
+    public var error: JobError?
+    public var createdBy: String?
+    public var createdAt: Date
+    public var startedAt: Date?
+    public var finishedAt: Date?
+    public var lastSeq: Int64
+    public var requestID: String?
+    public var owner: String?
+
+    /// The columns `init(row:)` reads, in order; `prefix` qualifies them (e.g. `"j."`).
+    public static func columns(_ prefix: String = "") -> String {
+        [
+            "id", "kind", "status", "params::text", "attempt", "rerun_of", "root_job_id", "progress::text",
+            "error_code", "error_message", "error_retryable", "created_by", "created_at", "started_at",
+            "finished_at", "last_seq", "request_id", "owner",
+        ].map { prefix + $0 }.joined(separator: ", ")
+    }
+
+    public init(row: PostgresRow) throws {
+        let (id, kind, status, params, attempt, rerunOf, root, progress, errorCode, errorMessage, errorRetryable,
+             createdBy, createdAt, startedAt, finishedAt, lastSeq, requestID, owner) = try row.decode(
+            (UUID, String, String, String, Int32, UUID?, UUID, String, String?, String?, Bool?, String?, Date, Date?, Date?, Int64, String?, String?).self)
+        self.id = id
+        self.kind = JobKind(databaseName: kind) ?? .unspecified
+        self.status = JobStatus(rawValue: status) ?? .unspecified
+        self.params = (try? JSONValue.parse(params).decode(JobParams.self)) ?? JobParams()
+        self.attempt = attempt
+        self.rerunOf = rerunOf
+        self.rootJobID = root
+        self.progress = (try? JSONValue.parse(progress).decode(JobProgress.self)) ?? JobProgress()
+        if let errorCode {
+            self.error = JobError(code: errorCode, message: errorMessage ?? "", retryable: errorRetryable ?? false)
+        }
+        self.createdBy = createdBy
+        self.createdAt = createdAt
+        self.startedAt = startedAt
+        self.finishedAt = finishedAt
+        self.lastSeq = lastSeq
+        self.requestID = requestID
+        self.owner = owner
+    }
+
+    /// The proto message.
+    public var job: Job {
+        var job = Job(id: id.uuidString.lowercased())
+        job.kind = kind
+        job.status = status
+        job.params = params
+        job.attempt = attempt
+        job.rerunOf = rerunOf.map { $0.uuidString.lowercased() } ?? ""
+        job.rootJobId = rootJobID.uuidString.lowercased()
+        job.progress = progress
+        job.error = error
+        job.createdAt = ProtoTimestamp(createdAt)
+        job.startedAt = startedAt.map(ProtoTimestamp.init)
+        job.finishedAt = finishedAt.map(ProtoTimestamp.init)
+        job.createdBy = createdBy ?? ""
+        return job
+    }
+
+    public var isTerminal: Bool { status.isTerminal }
+}
+
+extension JobStatus {
+    /// SUCCEEDED, FAILED or CANCELLED: the job will not change any more.
+    public var isTerminal: Bool { self == .succeeded || self == .failed || self == .cancelled }
+}
+
+extension JobKind {
+    /// The control database's name of the kind (`jobs.kind`).
+    public var databaseName: String? {
+        switch self {
+        case .clone: "clone"
+        case .export: "export"
+        case .import: "import"
+        case .instanceReplace: "instance_replace"
+        case .unspecified: nil
+        }
+    }
+
+    public init?(databaseName: String) {
+        guard let kind = JobKind.allCases.first(where: { $0.databaseName == databaseName }) else { return nil }
+        self = kind
+    }
+}
+
+extension JobParams {
+    /// The kind chosen by the member that is set, or nil when not exactly one is set.
+    public var kind: JobKind? {
+        let set: [JobKind] = [
+            clone != nil ? .clone : nil, export != nil ? .export : nil,
+            self.import != nil ? .import : nil, instanceReplace != nil ? .instanceReplace : nil,
+        ].compactMap { $0 }
+        return set.count == 1 ? set[0] : nil
+    }
+}
+
+extension JSONValue {
+    /// Parses JSON text (as stored in a jsonb column read as text).
+    public static func parse(_ text: String) throws -> JSONValue {
+        try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+    }
+
+    /// Compact JSON text with sorted keys.
+    public var text: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? String(decoding: encoder.encode(self), as: UTF8.self)) ?? "null"
+    }
+}
+
+/// Parses a job id: canonical UUID text, else INVALID_ARGUMENT.
+public func parseJobID(_ text: String?, field: String = "jobId") throws -> UUID {
+    guard let text, !text.isEmpty else { throw RPCError(.invalidArgument, "\(field) is required") }
+    guard text.count == 36, let id = UUID(uuidString: text) else {
+        throw RPCError(.invalidArgument, "\(field) \"\(text.prefix(80))\" is not a UUID in canonical form")
+    }
+    return id
+}

@@ -1,0 +1,160 @@
+import ControlDatabase
+import FerryClient
+import FerryProtocol
+import FerryRPC
+import FerryTestSupport
+import Foundation
+import Logging
+import PostgresNIO
+import Testing
+
+/// Several real `ferryd-test` replicas on one control database (directly, or through a
+/// transaction-pooling PgBouncer), with registered instances and an operator/admin token.
+final class Replicas: Sendable {
+    let control: DatabaseURL
+    let servers: [ServingFerryd]
+    let token: String
+    let caFile: String
+    let instances: [String: DatabaseURL]
+    let bouncer: PgBouncer?
+    let files: String
+
+    private init(control: DatabaseURL, servers: [ServingFerryd], token: String, caFile: String, instances: [String: DatabaseURL], bouncer: PgBouncer?, files: String) {
+        self.control = control
+        self.servers = servers
+        self.token = token
+        self.caFile = caFile
+        self.instances = instances
+        self.bouncer = bouncer
+        self.files = files
+    }
+
+    /// Starts `count` replicas at once (they migrate together) and registers `instances`
+    /// fresh databases as instances `i0`, `i1`, ….
+    static func start(
+        count: Int = 3, throughPgBouncer: Bool = false, instances instanceCount: Int = 2,
+        jobMs: Int = 300, jobSteps: Int = 5, arguments: [String] = []
+    ) async throws -> Replicas {
+        let control = try await TestPostgres.shared.freshDatabase("engine")
+        var bouncer: PgBouncer?
+        var serverURL = control
+        var extra = arguments
+        if throughPgBouncer {
+            let started = try await PgBouncer.start(in: try await TestPostgres.shared.server(), poolMode: "transaction", poolSize: 20)
+            bouncer = started
+            serverURL = try started.url(database: control.database)
+            // LISTEN cannot work through a transaction pooler: these replicas poll.
+            extra += ["--listen-database-url", "none"]
+        }
+        let files = FileManager.default.temporaryDirectory.path + "/ferry-engine-\(UUID().uuidString.prefix(8))"
+        let (certificate, key) = try SelfSignedCertificate.generate().write(to: files)
+        let token = TokenStore.generateToken()
+        let environment = [
+            "FERRY_DATABASE_URL": serverURL.secretURLString,
+            "FERRY_TOKENS": TokenStore.line(token: token, principal: Principal(name: "tester", role: .admin)),
+            "FERRY_TEST_JOB_MS": String(jobMs),
+            "FERRY_TEST_JOB_STEPS": String(jobSteps),
+            "FERRY_LOG_LEVEL": "notice",
+        ]
+        let arguments = ["--tls-cert", certificate, "--tls-key", key,
+                         "--heartbeat-interval", "0.3", "--heartbeat-timeout", "2", "--leader-lease", "2"] + extra
+        let servers = try await withThrowingTaskGroup(of: ServingFerryd.self) { group in
+            for _ in 0..<count {
+                group.addTask { try await ServingFerryd.start(arguments, environment: environment, binary: FerryBinaries.ferrydTest) }
+            }
+            var servers: [ServingFerryd] = []
+            for try await server in group { servers.append(server) }
+            return servers
+        }
+        var instances: [String: DatabaseURL] = [:]
+        for index in 0..<instanceCount {
+            instances["i\(index)"] = try await TestPostgres.shared.freshDatabase("inst")
+        }
+        let replicas = Replicas(control: control, servers: servers, token: token, caFile: certificate, instances: instances, bouncer: bouncer, files: files)
+        let client = try await replicas.client(0)
+        defer { client.close() }
+        for (id, url) in instances.sorted(by: { $0.key < $1.key }) {
+            let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: id, dsn: url.secretURLString))
+        }
+        return replicas
+    }
+
+    func client(_ index: Int) async throws -> FerryClient {
+        let server = servers[index % servers.count]
+        return try await FerryClient.connect(FerryClientConfiguration(host: server.host, port: server.port, trustRootsFile: caFile, token: token))
+    }
+
+    /// Stops every replica (SIGTERM; those already killed are just reaped) and PgBouncer.
+    func stop() async -> [ProcessResult] {
+        var results: [ProcessResult] = []
+        for server in servers { results.append(await server.stop()) }
+        await bouncer?.stop()
+        try? FileManager.default.removeItem(atPath: files)
+        return results
+    }
+
+    /// The replica whose pid appears in `owner` ("host:pid:tag").
+    func index(ofOwner owner: String) -> Int? {
+        let parts = owner.split(separator: ":")
+        guard parts.count >= 2, let pid = Int32(parts[parts.count - 2]) else { return nil }
+        return servers.firstIndex { $0.process.child.pid == pid }
+    }
+
+    func query<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await control.withConnection(logger: logger, body)
+    }
+}
+
+/// A StartJob request for a test clone on one instance.
+func cloneRequest(instance: String, source: String = "src", target: String, queue: Bool = false, requestID: String? = nil) -> StartJobRequest {
+    var request = StartJobRequest()
+    request.clone = CloneParams(sourceInstance: instance, sourceTenant: source, targetInstance: instance, targetTenant: target)
+    request.queue = queue
+    request.requestId = requestID
+    return request
+}
+
+extension FerryClient {
+    func startJob(_ request: StartJobRequest) async throws -> Job {
+        try await unary(FerryMethod.startJob.rawValue, request)
+    }
+
+    func job(_ id: String) async throws -> Job {
+        try await unary(FerryMethod.getJob.rawValue, GetJobRequest(jobId: id))
+    }
+
+    func rerun(_ id: String, requestID: String? = nil) async throws -> Job {
+        try await unary(FerryMethod.rerunJob.rawValue, RerunJobRequest(jobId: id, queue: false, requestId: requestID))
+    }
+
+    func cancel(_ id: String) async throws -> Job {
+        try await unary(FerryMethod.cancelJob.rawValue, CancelJobRequest(jobId: id))
+    }
+
+    /// Polls GetJob until `condition` holds (or fails the test after `timeout`).
+    func waitFor(_ id: String, timeout: Duration = .seconds(60), sourceLocation: SourceLocation = #_sourceLocation, _ condition: (Job) -> Bool) async throws -> Job {
+        let deadline = ContinuousClock.now + timeout
+        var job = try await self.job(id)
+        while !condition(job) {
+            guard ContinuousClock.now < deadline else {
+                Issue.record("job \(id) did not reach the expected state in \(timeout): \(job)", sourceLocation: sourceLocation)
+                return job
+            }
+            try await Task.sleep(for: .milliseconds(100))
+            job = try await self.job(id)
+        }
+        return job
+    }
+}
+
+/// The status code a call ends with (OK when it succeeds).
+func statusCode(_ call: () async throws -> Void) async -> StatusCode {
+    do {
+        try await call()
+        return .ok
+    } catch let error as RPCError {
+        return error.code
+    } catch {
+        return .unknown
+    }
+}

@@ -1,0 +1,52 @@
+import Executors
+import FerryProtocol
+import FerrydCLI
+import Foundation
+
+/// A stand-in for a data mover, so the job engine can be tested with real replicas before
+/// the real kinds exist. It works in `FERRY_TEST_JOB_STEPS` steps (default 5) of
+/// `FERRY_TEST_JOB_MS / steps` milliseconds each (default 300 ms in all), reports progress
+/// after each, and saves `{"step": n}` as its resume state, so a rerun continues where its
+/// lineage stopped. Progress tells what this attempt did: `tablesDone` = steps finished in
+/// the lineage, `rowsCopied` = steps this attempt ran, `current` = "resumed at step N".
+/// A target or source tenant starting with `fail_` fails after its first step
+/// (FAILED_PRECONDITION, not retryable).
+struct SteppingJob: JobRunner {
+    let steps: Int
+    let stepDuration: Duration
+
+    func run(_ context: JobContext) async throws {
+        var step = 0
+        if case .number(let saved)? = context.resumeState["step"] { step = Int(saved) }
+        let start = step
+        let tenants = [context.job.params?.clone?.targetTenant, context.job.params?.clone?.sourceTenant, context.job.params?.export?.sourceTenant]
+        let failing = tenants.contains { $0?.hasPrefix("fail_") == true }
+        context.report(progress(phase: "data", done: step, ran: 0, start: start))
+        while step < steps {
+            try await Task.sleep(for: stepDuration)
+            step += 1
+            try await context.saveResumeState(.object(["step": .number(Double(step))]))
+            context.report(progress(phase: step == steps ? "done" : "data", done: step, ran: step - start, start: start))
+            if failing { throw JobFailure(.failedPrecondition, "the test job was asked to fail", retryable: false) }
+        }
+    }
+
+    func progress(phase: String, done: Int, ran: Int, start: Int) -> JobProgress {
+        var progress = JobProgress()
+        progress.phase = phase
+        progress.tablesTotal = ProtoInt64(Int64(steps))
+        progress.tablesDone = ProtoInt64(Int64(done))
+        progress.rowsCopied = ProtoInt64(Int64(ran))
+        progress.current = "resumed at step \(start)"
+        return progress
+    }
+}
+
+let environment = ProcessInfo.processInfo.environment
+let steps = max(1, Int(environment["FERRY_TEST_JOB_STEPS"] ?? "") ?? 5)
+let totalMs = max(0, Int(environment["FERRY_TEST_JOB_MS"] ?? "") ?? 300)
+let job = SteppingJob(steps: steps, stepDuration: .milliseconds(totalMs / steps))
+var runners = JobRunners()
+runners.register(.clone, job)
+runners.register(.export, job)
+await FerrydMain.main(runners: runners)
