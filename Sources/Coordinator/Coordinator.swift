@@ -34,6 +34,9 @@ public actor Coordinator {
     /// `await`: callers queue here, first come first served.
     private var busy = false
     private var waiting: [CheckedContinuation<Void, Never>] = []
+    /// Set by `close()`: no connection is opened after it (a PostgresConnection must be
+    /// closed before it goes away).
+    private var closed = false
 
     public init(url: DatabaseURL, configuration: Configuration, logger: Logger) {
         self.url = url
@@ -285,6 +288,7 @@ public actor Coordinator {
         defer {
             if waiting.isEmpty { busy = false } else { waiting.removeFirst().resume() }
         }
+        guard !closed else { throw RPCError(.unavailable, "ferryd is shutting down") }
         let connection: PostgresConnection
         if let open = self.connection, !open.isClosed {
             connection = open
@@ -310,7 +314,9 @@ public actor Coordinator {
         }
     }
 
+    /// Closes the dedicated connection for good (at shutdown).
     public func close() async {
+        closed = true
         try? await connection?.close()
         connection = nil
     }

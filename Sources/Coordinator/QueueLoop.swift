@@ -5,7 +5,8 @@ import ServiceLifecycle
 
 /// Admits queued jobs as capacity frees: woken when a job ends anywhere (NOTIFY `freed`), and
 /// polling every `pollInterval` for what notifications miss. Every replica runs one; the
-/// coordinator's instance locks keep them from admitting the same job twice.
+/// coordinator's instance locks keep them from admitting the same job twice. When it stops
+/// (graceful shutdown) it closes the coordinator.
 public final class QueueLoop: Service, Sendable {
     private let coordinator: Coordinator
     private let pollInterval: Duration
@@ -31,5 +32,7 @@ public final class QueueLoop: Service, Sendable {
                 await wakeup.wait(upTo: pollInterval)
             }
         }
+        // Shut down after the RPC server and the executors: nobody admits any more.
+        await coordinator.close()
     }
 }

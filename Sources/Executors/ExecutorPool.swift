@@ -40,6 +40,9 @@ public final class ExecutorPool: Service, Sendable {
         let task: Mutex<Task<Void, any Error>?> = Mutex(nil)
         let reason = Mutex<StopReason?>(nil)
         let progress = Mutex<(latest: JobProgress?, written: Bool)>((nil, true))
+        /// Ends the progress flusher between writes (a write is never cut off midway).
+        let runnerDone = Mutex(false)
+        let flusherWakeup = Wakeup()
 
         init(id: UUID) { self.id = id }
 
@@ -157,9 +160,10 @@ public final class ExecutorPool: Service, Sendable {
             let task = Task { try await runner.run(context) }
             job.task.withLock { $0 = task }
             if job.reason.withLock({ $0 }) != nil { task.cancel() }
-            let flusher = Task { await self.flushProgress(job, logger: jobLogger, until: task) }
+            let flusher = Task { await self.flushProgress(job, logger: jobLogger) }
             let result = await task.result
-            flusher.cancel()
+            job.runnerDone.withLock { $0 = true }
+            job.flusherWakeup.signal()
             _ = await flusher.result
             await writeProgress(job, logger: jobLogger)
             outcome = Self.outcome(result, reason: job.reason.withLock { $0 })
@@ -213,9 +217,10 @@ public final class ExecutorPool: Service, Sendable {
 
     // MARK: Progress and heartbeats
 
-    private func flushProgress(_ job: RunningJob, logger: Logger, until task: Task<Void, any Error>) async {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: configuration.progressInterval)
+    private func flushProgress(_ job: RunningJob, logger: Logger) async {
+        while !job.runnerDone.withLock({ $0 }) {
+            await job.flusherWakeup.wait(upTo: configuration.progressInterval)
+            if job.runnerDone.withLock({ $0 }) { return }
             await writeProgress(job, logger: logger)
         }
     }

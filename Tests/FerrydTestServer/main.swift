@@ -10,12 +10,21 @@ import Foundation
 /// lineage stopped. Progress tells what this attempt did: `tablesDone` = steps finished in
 /// the lineage, `rowsCopied` = steps this attempt ran, `current` = "resumed at step N".
 /// A target or source tenant starting with `fail_` fails after its first step
-/// (FAILED_PRECONDITION, not retryable).
+/// (FAILED_PRECONDITION, not retryable). A target tenant named `<word>_<ms>_<steps>` sets
+/// this job's length (the benchmark's long watched job).
 struct SteppingJob: JobRunner {
     let steps: Int
     let stepDuration: Duration
 
     func run(_ context: JobContext) async throws {
+        let parts = (context.job.params?.clone?.targetTenant ?? "").split(separator: "_")
+        if parts.count == 3, let ms = Int(parts[1]), let steps = Int(parts[2]), steps > 0 {
+            return try await SteppingJob(steps: steps, stepDuration: .milliseconds(ms / steps)).work(context)
+        }
+        try await work(context)
+    }
+
+    func work(_ context: JobContext) async throws {
         var step = 0
         if case .number(let saved)? = context.resumeState["step"] { step = Int(saved) }
         let start = step
