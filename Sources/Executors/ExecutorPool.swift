@@ -42,7 +42,10 @@ public final class ExecutorPool: Service, Sendable {
         let progress = Mutex<(latest: JobProgress?, written: Bool)>((nil, true))
         /// Ends the progress flusher between writes (a write is never cut off midway).
         let runnerDone = Mutex(false)
-        let flusherWakeup = Wakeup()
+        /// Rung by every report and at the end: the flusher writes as soon as there is news.
+        let reported = Wakeup()
+        /// Rung only at the end: cuts the flusher's rate-limiting pause short.
+        let finished = Wakeup()
 
         init(id: UUID) { self.id = id }
 
@@ -152,7 +155,10 @@ public final class ExecutorPool: Service, Sendable {
             let resumeState = (try? await client.withConnection { try await JobStore.resumeState(id, on: $0, logger: jobLogger) }) ?? .object([:])
             let context = JobContext(
                 job: record.job, resumeState: resumeState, logger: jobLogger,
-                progress: { progress in job.progress.withLock { $0 = (progress, false) } },
+                progress: { progress in
+                    job.progress.withLock { $0 = (progress, false) }
+                    job.reported.signal()
+                },
                 saveResumeState: { [client, replica] state in
                     let saved = try await client.withConnection { try await JobStore.saveResumeState(id, owner: replica, state: state, on: $0, logger: jobLogger) }
                     if !saved { throw CancellationError() }
@@ -163,7 +169,8 @@ public final class ExecutorPool: Service, Sendable {
             let flusher = Task { await self.flushProgress(job, logger: jobLogger) }
             let result = await task.result
             job.runnerDone.withLock { $0 = true }
-            job.flusherWakeup.signal()
+            job.reported.signal()
+            job.finished.signal()
             _ = await flusher.result
             await writeProgress(job, logger: jobLogger)
             outcome = Self.outcome(result, reason: job.reason.withLock { $0 })
@@ -217,11 +224,14 @@ public final class ExecutorPool: Service, Sendable {
 
     // MARK: Progress and heartbeats
 
+    /// Writes progress as soon as it is reported, then at most once per `progressInterval`
+    /// (the latest figures win), until the runner is done.
     private func flushProgress(_ job: RunningJob, logger: Logger) async {
         while !job.runnerDone.withLock({ $0 }) {
-            await job.flusherWakeup.wait(upTo: configuration.progressInterval)
+            await job.reported.wait(upTo: .seconds(60))
             if job.runnerDone.withLock({ $0 }) { return }
             await writeProgress(job, logger: logger)
+            await job.finished.wait(upTo: configuration.progressInterval)
         }
     }
 

@@ -26,6 +26,12 @@ public struct ResponseWriter<Response: Encodable & Sendable>: Sendable {
         }
         try await send(json)
     }
+
+    /// Sends a response already in its JSON form (one encoding shared by many streams, as
+    /// WatchJob's fan-out does). The caller vouches that it is a `Response`.
+    public func write(json: JSONValue) async throws {
+        try await send(json)
+    }
 }
 
 /// Method handlers registered by wire name. A known method without a handler answers

@@ -7,6 +7,7 @@ import Foundation
 import JobStore
 import Logging
 import PostgresNIO
+import ServiceLifecycle
 import Watch
 
 /// The handlers of `ferry.v1.Jobs`: plain async functions over the coordinator, the control
@@ -144,7 +145,15 @@ struct JobsService: Sendable {
         snapshot.jobId = record.job.id
         snapshot.at = ProtoTimestamp(Date())
         try await writer.write(snapshot)
-        try await watchHub.watch(id, after: after) { event in try await writer.write(event) }
+        do {
+            // A replica shutting down ends its watches (the client resumes elsewhere with
+            // afterSeq) rather than holding the drain open until the jobs end.
+            try await cancelWhenGracefulShutdown {
+                try await watchHub.watch(id, after: after) { event in try await writer.write(json: event.json) }
+            }
+        } catch is CancellationError where Task.isShuttingDownGracefully {
+            throw RPCError(.unavailable, "ferryd is shutting down; watch again with afterSeq (another replica serves it)")
+        }
     }
 
     // MARK: Helpers

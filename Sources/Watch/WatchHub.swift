@@ -44,22 +44,23 @@ public final class WatchHub: Sendable {
         feeds.withLock { $0[id] }?.wakeup.signal()
     }
 
-    /// Streams the job's events after `after` through `send`, ending after the terminal
-    /// STATUS event. The caller sends the SNAPSHOT first.
-    public func watch(_ jobID: UUID, after: Int64, send: @Sendable (JobEvent) async throws -> Void) async throws {
+    /// Streams the job's events after `after` through `send` (each event with its JSON form,
+    /// encoded once per replica however many watch it), ending after the terminal STATUS
+    /// event. The caller sends the SNAPSHOT first.
+    public func watch(_ jobID: UUID, after: Int64, send: @Sendable (WatchedEvent) async throws -> Void) async throws {
         let feed = attach(jobID)
         defer { detach(jobID, feed) }
         var cursor = after
         while true {
             try Task.checkCancellation()
-            let batch: [JobEvent]
+            let batch: [WatchedEvent]
             if let buffered = feed.events(after: cursor) {
                 batch = buffered
             } else {
                 // Behind the feed's memory: read this watcher's gap from the database.
                 batch = try await client.withConnection { connection in
                     try await JobStore.events(jobID, after: cursor, limit: Feed.capacity, on: connection, logger: logger)
-                }
+                }.map(WatchedEvent.init)
             }
             if batch.isEmpty {
                 if feed.isFinished(after: cursor) { return }
@@ -67,16 +68,16 @@ public final class WatchHub: Sendable {
                 continue
             }
             for event in Self.coalesce(batch) { try await send(event) }
-            cursor = batch.last?.seq?.value ?? cursor
-            if batch.contains(where: { $0.type == .status && ($0.status?.isTerminal ?? false) }) { return }
+            cursor = batch.last?.seq ?? cursor
+            if batch.contains(where: \.isTerminal) { return }
         }
     }
 
     /// Keeps every STATUS event and, of each run of PROGRESS events, only the last.
-    static func coalesce(_ events: [JobEvent]) -> [JobEvent] {
-        var result: [JobEvent] = []
+    static func coalesce(_ events: [WatchedEvent]) -> [WatchedEvent] {
+        var result: [WatchedEvent] = []
         for (index, event) in events.enumerated() {
-            if event.type == .progress, index + 1 < events.count, events[index + 1].type == .progress { continue }
+            if event.event.type == .progress, index + 1 < events.count, events[index + 1].event.type == .progress { continue }
             result.append(event)
         }
         return result
@@ -117,7 +118,7 @@ public final class WatchHub: Sendable {
                 let events = try await client.withConnection { connection in
                     try await JobStore.events(feed.jobID, after: after, limit: Feed.capacity, on: connection, logger: logger)
                 }
-                feed.append(events)
+                feed.append(events.map(WatchedEvent.init))
                 if feed.terminalKnown { return }
                 if events.count == Feed.capacity { continue }
             } catch {
@@ -140,7 +141,7 @@ final class Feed: @unchecked Sendable {
     var watchers = 0
 
     private struct State {
-        var events: [JobEvent] = []
+        var events: [WatchedEvent] = []
         var highest: Int64 = 0
         var terminalSeq: Int64?
         var waiters: [UUID: CheckedContinuation<Void, Never>] = [:]
@@ -151,14 +152,13 @@ final class Feed: @unchecked Sendable {
 
     var highestSeq: Int64 { state.withLock { $0.highest } }
 
-    func append(_ new: [JobEvent]) {
+    func append(_ new: [WatchedEvent]) {
         guard !new.isEmpty else { return }
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            for event in new {
-                guard let seq = event.seq?.value, seq > state.highest else { continue }
+            for event in new where event.seq > state.highest {
                 state.events.append(event)
-                state.highest = seq
-                if event.type == .status, event.status?.isTerminal == true { state.terminalSeq = seq }
+                state.highest = event.seq
+                if event.isTerminal { state.terminalSeq = event.seq }
             }
             if state.events.count > Self.capacity { state.events.removeFirst(state.events.count - Self.capacity) }
             defer { state.waiters = [:] }
@@ -169,11 +169,11 @@ final class Feed: @unchecked Sendable {
 
     /// Events after `cursor` held in memory (possibly none yet), or nil when the watcher is
     /// behind what memory holds.
-    func events(after cursor: Int64) -> [JobEvent]? {
+    func events(after cursor: Int64) -> [WatchedEvent]? {
         state.withLock { state in
             guard cursor < state.highest else { return [] }
-            guard let first = state.events.first?.seq?.value, cursor >= first - 1 else { return nil }
-            return Array(state.events.drop { ($0.seq?.value ?? 0) <= cursor })
+            guard let first = state.events.first?.seq, cursor >= first - 1 else { return nil }
+            return Array(state.events.drop { $0.seq <= cursor })
         }
     }
 
@@ -200,4 +200,18 @@ final class Feed: @unchecked Sendable {
             state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
         }
     }
+}
+
+/// A job event and its JSON form, encoded once.
+public struct WatchedEvent: Sendable {
+    public let event: JobEvent
+    public let json: JSONValue
+
+    init(_ event: JobEvent) {
+        self.event = event
+        self.json = (try? JSONValue.encoding(event)) ?? .object([:])
+    }
+
+    var seq: Int64 { event.seq?.value ?? 0 }
+    var isTerminal: Bool { event.type == .status && (event.status?.isTerminal ?? false) }
 }
