@@ -217,6 +217,11 @@ let package = Package(
             dependencies: ["EmbeddedPostgres", "ControlDatabase", "FerryTestSupport"]
         ),
         .testTarget(
+            name: "JobEngineTests",
+            dependencies: ["JobStore", "Watch", "Coordinator", "Executors", "ControlDatabase", "FerryProtocol", "FerryTestSupport",
+                           .product(name: "PostgresNIO", package: "postgres-nio")]
+        ),
+        .testTarget(
             name: "EndToEndTests",
             dependencies: ["ferryd", "ferry", "ferryd-test", "FerryCore", "ControlDatabase", "EmbeddedPostgres", "FerryTestSupport",
                            "FerryClient", "FerryProtocol", "FerryRPC"]

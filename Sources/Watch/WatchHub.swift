@@ -67,11 +67,16 @@ public final class WatchHub: Sendable {
                 await feed.waitForEvents(after: cursor)
                 continue
             }
-            for event in Self.coalesce(batch) { try await send(event) }
+            // A watcher that keeps up gets every event; one that fell behind gets the PROGRESS
+            // it missed coalesced (every STATUS still goes out).
+            for event in batch.count > Self.coalesceBacklog ? Self.coalesce(batch) : batch { try await send(event) }
             cursor = batch.last?.seq ?? cursor
             if batch.contains(where: \.isTerminal) { return }
         }
     }
+
+    /// Events a watcher may be behind before its PROGRESS events are coalesced.
+    static let coalesceBacklog = 16
 
     /// Keeps every STATUS event and, of each run of PROGRESS events, only the last.
     static func coalesce(_ events: [WatchedEvent]) -> [WatchedEvent] {

@@ -194,8 +194,9 @@ import Testing
 
     // MARK: A killed replica
 
-    @Test func aKilledReplicasJobsAreRescuedAndARerunResumes() async throws {
-        let replicas = try await Replicas.start(count: 3, instances: 1, jobMs: 8000, jobSteps: 16)
+    @Test(arguments: [false, true])
+    func aKilledReplicasJobsAreRescuedAndARerunResumes(throughPgBouncer: Bool) async throws {
+        let replicas = try await Replicas.start(count: 3, throughPgBouncer: throughPgBouncer, instances: 1, jobMs: 8000, jobSteps: 16)
         defer { Task { _ = await replicas.stop() } }
         let client = try await replicas.client(0)
         defer { client.close() }
@@ -241,8 +242,13 @@ import Testing
         try await cancelAcrossReplicas(arguments: ["--listen-database-url", "none"])
     }
 
-    private func cancelAcrossReplicas(arguments: [String]) async throws {
-        let replicas = try await Replicas.start(count: 2, instances: 1, jobMs: 20000, jobSteps: 40, arguments: arguments)
+    /// Through a transaction pooler (which also means no LISTEN).
+    @Test func cancelThroughPgBouncer() async throws {
+        try await cancelAcrossReplicas(arguments: [], throughPgBouncer: true)
+    }
+
+    private func cancelAcrossReplicas(arguments: [String], throughPgBouncer: Bool = false) async throws {
+        let replicas = try await Replicas.start(count: 2, throughPgBouncer: throughPgBouncer, instances: 1, jobMs: 20000, jobSteps: 40, arguments: arguments)
         defer { Task { _ = await replicas.stop() } }
         let first = try await replicas.client(0)
         defer { first.close() }
@@ -270,8 +276,9 @@ import Testing
         #expect(try await other.cancel(id).status == .cancelled)
     }
 
-    @Test func aWatcherOnAnotherReplicaReconnectsWithAfterSeqAndSeesEveryStatusOnce() async throws {
-        let replicas = try await Replicas.start(count: 2, instances: 1, jobMs: 3000, jobSteps: 30)
+    @Test(arguments: [false, true])
+    func aWatcherOnAnotherReplicaReconnectsWithAfterSeqAndSeesEveryStatusOnce(throughPgBouncer: Bool) async throws {
+        let replicas = try await Replicas.start(count: 2, throughPgBouncer: throughPgBouncer, instances: 1, jobMs: 3000, jobSteps: 30)
         defer { Task { _ = await replicas.stop() } }
         let starter = try await replicas.client(0)
         defer { starter.close() }

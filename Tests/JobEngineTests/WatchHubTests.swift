@@ -1,0 +1,94 @@
+import ControlDatabase
+import FerryProtocol
+import FerryTestSupport
+import Foundation
+import JobStore
+import Logging
+import PostgresNIO
+import Synchronization
+import Testing
+import Watch
+
+/// The watch hub against a real control database: a slow watcher gets every STATUS event and
+/// coalesced PROGRESS (the latest never lost), while a fast watcher of the same job and the
+/// job's own writes go on at full speed.
+@Suite struct WatchHubTests {
+    let logger = testLogger()
+
+    /// A migrated control database with one instance and one RUNNING job.
+    private func setUp() async throws -> (DatabaseURL, UUID) {
+        let url = try await TestPostgres.shared.freshDatabase("watchhub")
+        try await Migrator(url: url, migrations: try MigrationSet.builtIn(), leaseDuration: .seconds(30), logger: logger).run()
+        let id = UUID()
+        try await url.withConnection(logger: logger) { connection in
+            try await connection.execute("INSERT INTO instances (id, dsn) VALUES ('i0', 'postgres://x@127.0.0.1/x')", logger: logger)
+            let params = JobParams(clone: CloneParams(sourceInstance: "i0", sourceTenant: "a", targetInstance: "i0", targetTenant: "b"))
+            _ = try await JobStore.insert(
+                id: id, params: params, touches: try JobPlan.touches(params), status: .running, requestID: nil,
+                createdBy: "test", rerunOf: nil, on: connection, logger: logger)
+        }
+        return (url, id)
+    }
+
+    @Test func aSlowWatcherGetsEveryStatusAndTheLatestProgressWithoutSlowingAnyone() async throws {
+        let (url, id) = try await setUp()
+        let client = PostgresClient(configuration: url.clientConfiguration(), backgroundLogger: logger)
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await client.run() }
+            // No LISTEN here: the hub polls every 20 ms.
+            let hub = WatchHub(client: client, notifier: Notifier(url: nil, logger: logger), logger: logger, pollingPoll: .milliseconds(20))
+            let slow = Mutex<[JobEvent]>([])
+            let fast = Mutex<[JobEvent]>([])
+            let slowWatch = Task {
+                try await hub.watch(id, after: 0) { event in
+                    slow.withLock { $0.append(event.event) }
+                    try await Task.sleep(for: .milliseconds(150))
+                }
+            }
+            let fastWatch = Task {
+                try await hub.watch(id, after: 0) { event in fast.withLock { $0.append(event.event) } }
+            }
+
+            // The job: 60 progress events over ~1.2 s, a status change in the middle, then the end.
+            let writing = ContinuousClock.now
+            try await url.withConnection(logger: logger) { connection in
+                for step in 1...60 {
+                    var progress = JobProgress()
+                    progress.rowsCopied = ProtoInt64(Int64(step))
+                    try await JobStore.appendEvent(id, type: .progress, payload: try JSONValue.encoding(progress), on: connection, logger: logger)
+                    if step == 30 {
+                        _ = try await JobStore.appendStatus(id, status: .running, error: nil, on: connection, logger: logger)
+                    }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                try await connection.execute("UPDATE jobs SET status = 'SUCCEEDED', finished_at = clock_timestamp() WHERE id = \(id)", logger: logger)
+                _ = try await JobStore.appendStatus(id, status: .succeeded, error: nil, on: connection, logger: logger)
+            }
+            let writeTime = ContinuousClock.now - writing
+            try await fastWatch.value
+            let fastDone = ContinuousClock.now - writing
+            try await slowWatch.value
+
+            let fastEvents = fast.withLock { $0 }
+            let slowEvents = slow.withLock { $0 }
+            // The writer was never held up by the slow watcher (150 ms per event would make
+            // 60+ events take 9 s).
+            #expect(writeTime < .seconds(5), "writing took \(writeTime)")
+            // The fast watcher saw everything, in order, and finished with the job.
+            #expect(fastEvents.compactMap { $0.seq?.value } == Array(1...63))
+            #expect(fastDone < writeTime + .seconds(2), "the fast watcher lagged: \(fastDone) vs \(writeTime)")
+            // The slow one: every STATUS in order, PROGRESS coalesced, the latest kept.
+            let statuses = slowEvents.filter { $0.type == .status }.map(\.status)
+            #expect(statuses == [.running, .running, .succeeded])
+            let progress = slowEvents.filter { $0.type == .progress }
+            #expect(progress.count < 60, "no coalescing: \(progress.count) progress events")
+            #expect(progress.last?.progress?.rowsCopied?.value == 60, "the latest progress was lost")
+            let seqs = slowEvents.compactMap { $0.seq?.value }
+            #expect(seqs == seqs.sorted() && Set(seqs).count == seqs.count)
+            // The last PROGRESS before the mid-run STATUS was kept too.
+            let beforeStatus = slowEvents.prefix { !($0.type == .status && $0.seq?.value != 1) }.last { $0.type == .progress }
+            #expect(beforeStatus?.progress?.rowsCopied?.value == 30)
+            group.cancelAll()
+        }
+    }
+}
