@@ -45,7 +45,7 @@ public struct SelfSignedCertificate: Sendable {
         let certificatePath = directory + "/cert.pem"
         let keyPath = directory + "/key.pem"
         try certificatePEM.write(toFile: certificatePath, atomically: true, encoding: .utf8)
-        FileManager.default.createFile(atPath: keyPath, contents: Data(privateKeyPEM.utf8), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: keyPath, contents: Data(privateKeyPEM.utf8), attributes: [.posixPermissions: 0o600])
         return (certificatePath, keyPath)
     }
 }

@@ -28,7 +28,7 @@ struct InstancesService: Sendable {
         guard let dsn = request.dsn, !dsn.isEmpty else { throw RPCError(.invalidArgument, "dsn is required") }
         let url = try Self.parse(dsn)
         // Only a DSN that connects is stored.
-        try await Self.withInstance(url, id: id, timeout: connectTimeout, logger: logger) { connection in
+        _ = try await Self.withInstance(url, id: id, timeout: connectTimeout, logger: logger) { connection in
             try await connection.execute("SELECT 1", logger: logger)
         }
         let row = try await database { connection in
@@ -107,11 +107,6 @@ struct InstancesService: Sendable {
     }
 
     func database<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
-        do {
-            return try await client.withConnection(body)
-        } catch {
-            logger.warning("control database call failed", metadata: ["error": "\(String(reflecting: error))"])
-            throw RPCError(.unavailable, "the control database is unavailable; retry")
-        }
+        try await client.controlDatabaseCall(logger: logger, body)
     }
 }

@@ -190,10 +190,18 @@ struct JobsService: Sendable {
         return (micros, id)
     }
 
-    /// Runs `body` on a pooled connection; an unreachable database is UNAVAILABLE.
     func database<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await client.controlDatabaseCall(logger: logger, body)
+    }
+}
+
+extension PostgresClient {
+    /// Runs a handler's statements on a pooled connection. RPC errors pass through; anything
+    /// else (an unreachable database, a broken connection) is logged and answered
+    /// UNAVAILABLE, so a client retries instead of seeing internals.
+    func controlDatabaseCall<T: Sendable>(logger: Logger, _ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {
-            return try await client.withConnection(body)
+            return try await withConnection(body)
         } catch let error as RPCError {
             throw error
         } catch {

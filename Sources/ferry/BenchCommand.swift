@@ -93,9 +93,7 @@ struct BenchRPC: AsyncParsableCommand {
 
         let latencies = results.latencies.sorted()
         func percentile(_ p: Double) -> String {
-            guard !latencies.isEmpty else { return "-" }
-            let index = min(latencies.count - 1, Int((p / 100 * Double(latencies.count)).rounded(.up)) - 1)
-            return String(format: "%.3f ms", Double(latencies[max(index, 0)]) / 1e6)
+            nearestRank(latencies, p).map { String(format: "%.3f ms", Double($0) / 1e6) } ?? "-"
         }
         let errorCount = results.errors.values.reduce(0, +)
         print("bench rpc: \(FerryMethod.healthCheck.rawValue), \(connections) connection(s) × \(streams) stream(s), \(String(format: "%.1f", duration)) s measured after \(String(format: "%.1f", warmup)) s warm-up")
@@ -115,6 +113,12 @@ struct BenchRPC: AsyncParsableCommand {
         }
         if errorCount > 0 { throw ExitCode(1) }
     }
+}
+
+/// The nearest-rank percentile `p` (0…100] of sorted samples; nil when there are none.
+func nearestRank<T>(_ sorted: [T], _ p: Double) -> T? {
+    guard !sorted.isEmpty else { return nil }
+    return sorted[min(sorted.count - 1, max(0, Int((p / 100 * Double(sorted.count)).rounded(.up)) - 1))]
 }
 
 private struct StreamResult: Sendable {

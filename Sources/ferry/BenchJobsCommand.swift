@@ -216,9 +216,7 @@ struct BenchJobs: AsyncParsableCommand {
     private func percentiles(_ samples: [Duration]) -> String {
         guard !samples.isEmpty else { return "no samples" }
         let sorted = samples.sorted()
-        func at(_ p: Double) -> String {
-            format(sorted[min(sorted.count - 1, max(0, Int((p / 100 * Double(sorted.count)).rounded(.up)) - 1))])
-        }
+        func at(_ p: Double) -> String { nearestRank(sorted, p).map(format) ?? "-" }
         return "p50 \(at(50)), p99 \(at(99)), max \(at(100)) (n=\(samples.count))"
     }
 
