@@ -145,40 +145,53 @@ public actor Coordinator {
         }
         var blocked = Set<String>()
         var admitted = 0
-        for (id, queuedAt, instances) in queued {
+        for (id, _, instances) in queued {
             if !blocked.isDisjoint(with: instances) {
                 blocked.formUnion(instances)
                 continue
             }
             // One transaction per candidate, so admissions of new jobs interleave.
-            let promoted = try await withConnection { connection in
-                try await connection.transaction(logger: logger) { connection -> Bool in
+            let outcome = try await withConnection { connection in
+                try await connection.transaction(logger: logger) { connection -> Promotion in
                     try await lock(instances, on: connection)
                     let current = try await connection.execute("SELECT status FROM jobs WHERE id = \(id) FOR UPDATE", logger: logger)
-                    guard try current.first?.decode(String.self) == JobStatus.queued.rawValue else { return false }
+                    // Cancelled or admitted by another replica meanwhile: it blocks nobody.
+                    guard try current.first?.decode(String.self) == JobStatus.queued.rawValue else { return .gone }
                     let touches = try await connection.execute(
                         "SELECT instance_id, tenant, writes FROM job_instances WHERE job_id = \(id)", logger: logger
                     ).map { row in
                         let (instance, tenant, writes) = try row.decode((String, String, Bool).self)
                         return JobTouch(instance: instance, tenant: tenant, writes: writes)
                     }
-                    guard try await capacity(for: touches, before: (queuedAt, id), on: connection).admissible else { return false }
+                    guard try await capacity(for: touches, before: id, on: connection).admissible else { return .blocked }
                     try await connection.execute("""
                         UPDATE jobs SET status = 'RUNNING', started_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = \(id)
                         """, logger: logger)
                     _ = try await JobStore.appendStatus(id, status: .running, error: nil, on: connection, logger: logger)
                     try await connection.execute("SELECT pg_notify(\(JobStore.channel), 'admitted')", logger: logger)
-                    return true
+                    return .admitted
                 }
             }
-            if promoted {
+            switch outcome {
+            case .admitted:
                 admitted += 1
                 logger.info("queued job admitted", metadata: ["job_id": "\(id.uuidString.lowercased())"])
-            } else {
+            case .blocked:
                 blocked.formUnion(instances)
+            case .gone:
+                break
             }
         }
         return admitted
+    }
+
+    /// What became of one queued candidate.
+    enum Promotion: Sendable {
+        case admitted
+        /// Still waiting: it blocks later queued jobs on its instances.
+        case blocked
+        /// No longer queued (cancelled, or admitted elsewhere).
+        case gone
     }
 
     // MARK: Rules
@@ -221,7 +234,7 @@ public actor Coordinator {
 
     /// Counts, under the caller's instance locks, what stands in the way of `touches`. `before`
     /// is the queue position of a queued job being promoted (only jobs ahead of it count).
-    private func capacity(for touches: [JobTouch], before position: (Date, UUID)?, on connection: PostgresConnection) async throws -> Verdict {
+    private func capacity(for touches: [JobTouch], before queuedJob: UUID?, on connection: PostgresConnection) async throws -> Verdict {
         let instances = JobPlan.instances(touches)
         let running = try await connection.execute("""
             SELECT j.id, ji.instance_id, ji.tenant, ji.writes FROM job_instances ji JOIN jobs j ON j.id = ji.job_id
@@ -240,7 +253,8 @@ public actor Coordinator {
         let ahead = try await connection.execute("""
             SELECT count(DISTINCT j.id)::int FROM jobs j JOIN job_instances ji ON ji.job_id = j.id
              WHERE j.status = 'QUEUED' AND ji.instance_id = ANY(\(instances))
-               AND (\(position?.0)::timestamptz IS NULL OR (j.queued_at, j.id) < (\(position?.0), \(position?.1)))
+               AND (\(queuedJob)::uuid IS NULL
+                    OR (j.queued_at, j.id) < (SELECT q.queued_at, q.id FROM jobs q WHERE q.id = \(queuedJob)))
             """, logger: logger)
         verdict.queuedAhead = try ahead.first?.decode(Int.self) ?? 0
         return verdict
@@ -297,6 +311,11 @@ public actor Coordinator {
                 connection = try await url.connect(logger: logger, id: 1)
             } catch {
                 throw RPCError(.unavailable, "the control database is unreachable: \(error.message)")
+            }
+            // close() may have run while we connected.
+            guard !closed else {
+                try? await connection.close()
+                throw RPCError(.unavailable, "ferryd is shutting down")
             }
             self.connection = connection
         }

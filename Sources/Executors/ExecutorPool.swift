@@ -24,6 +24,10 @@ public final class ExecutorPool: Service, Sendable {
         public var pollInterval: Duration = .seconds(1)
         /// How often progress reaches the database at most (the latest figures win).
         public var progressInterval: Duration = .milliseconds(250)
+        /// A job whose ownership the database has not confirmed for this long is stopped
+        /// here, recording nothing: by then the leader may have failed it and a rerun may be
+        /// writing the same tenant. Keep it below the leader's heartbeat timeout.
+        public var fenceAfter: Duration = .seconds(12)
         public init() {}
     }
 
@@ -46,6 +50,8 @@ public final class ExecutorPool: Service, Sendable {
         let reported = Wakeup()
         /// Rung only at the end: cuts the flusher's rate-limiting pause short.
         let finished = Wakeup()
+        /// When the database last confirmed the job is ours (claim or heartbeat).
+        let confirmed = Mutex(ContinuousClock.now)
 
         init(id: UUID) { self.id = id }
 
@@ -96,12 +102,18 @@ public final class ExecutorPool: Service, Sendable {
     public func run() async throws {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.heartbeatLoop() }
+            group.addTask { await self.fenceLoop() }
             // Claim while not shutting down; a graceful shutdown stops claiming and stops the
             // running jobs, which end FAILED (retryable) and can be rerun to resume.
             await withGracefulShutdownHandler {
                 while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                    if self.running.withLock({ $0.count }) < self.configuration.executors, let job = await self.claim() {
-                        group.addTask { await self.execute(job) }
+                    if self.running.withLock({ $0.count }) < self.configuration.executors, let record = await self.claim() {
+                        // Registered before the task starts: it counts against the pool, gets
+                        // heartbeats and hears cancel and shutdown from this moment on.
+                        let job = RunningJob(id: record.id)
+                        self.running.withLock { $0[record.id] = job }
+                        if Task.isShuttingDownGracefully { job.stop(.shutdown) }
+                        group.addTask { await self.execute(record, as: job) }
                         continue
                     }
                     await self.wakeup.wait(upTo: self.configuration.pollInterval)
@@ -138,21 +150,24 @@ public final class ExecutorPool: Service, Sendable {
         }
     }
 
-    private func execute(_ record: JobRecord) async {
+    private func execute(_ record: JobRecord, as job: RunningJob) async {
         let id = record.id
         let jobLogger = {
             var logger = self.logger
             logger[metadataKey: "job_id"] = "\(id.uuidString.lowercased())"
             return logger
         }()
-        let job = RunningJob(id: id)
-        running.withLock { $0[id] = job }
         defer { running.withLock { $0[id] = nil } }
         jobLogger.info("job started", metadata: ["kind": "\(record.kind.rawValue)", "attempt": "\(record.attempt)"])
 
         let outcome: (status: JobStatus, error: JobError?)
         if let runner = runners.runner(for: record.kind) {
-            let resumeState = (try? await client.withConnection { try await JobStore.resumeState(id, on: $0, logger: jobLogger) }) ?? .object([:])
+            guard let resumeState = await readResumeState(id, logger: jobLogger) else {
+                // Running without it would redo work the lineage finished: fail, retryably.
+                await recordOutcome((.failed, JobError(code: StatusCode.unavailable.rawValue, message: "cannot read the job's resume state; rerun to resume", retryable: true)), for: id, logger: jobLogger)
+                await onFinished()
+                return
+            }
             let context = JobContext(
                 job: record.job, resumeState: resumeState, logger: jobLogger,
                 progress: { progress in
@@ -183,7 +198,22 @@ public final class ExecutorPool: Service, Sendable {
         } else {
             await recordOutcome(outcome, for: id, logger: jobLogger)
         }
+        // The slot is free: look for the next admitted job now, not at the next poll.
+        wakeup.signal()
         await onFinished()
+    }
+
+    /// The lineage's resume state, retried a few times; nil if it cannot be read.
+    private func readResumeState(_ id: UUID, logger: Logger) async -> JSONValue? {
+        for attempt in 1...5 {
+            do {
+                return try await client.withConnection { try await JobStore.resumeState(id, on: $0, logger: logger) }
+            } catch {
+                logger.warning("cannot read the resume state; retrying", metadata: ["attempt": "\(attempt)", "error": "\(String(reflecting: error))"])
+                try? await Task.sleep(for: .milliseconds(200 * attempt))
+            }
+        }
+        return nil
     }
 
     static func outcome(_ result: Result<Void, any Error>, reason: StopReason?) -> (status: JobStatus, error: JobError?) {
@@ -248,6 +278,10 @@ public final class ExecutorPool: Service, Sendable {
             }
             if !stillOurs { job.stop(.lost) }
         } catch {
+            // Not written: unless newer figures came meanwhile, these are still the latest.
+            job.progress.withLock { state in
+                if state.latest == progress { state.written = false }
+            }
             logger.debug("progress not written", metadata: ["error": "\(error)"])
         }
     }
@@ -269,9 +303,11 @@ public final class ExecutorPool: Service, Sendable {
                         """, logger: logger)
                 }
                 var seen = Set<UUID>()
+                let now = ContinuousClock.now
                 for row in rows {
                     let (id, cancelRequested) = try row.decode((UUID, Bool).self)
                     seen.insert(id)
+                    jobs[id]?.confirmed.withLock { $0 = now }
                     if cancelRequested { jobs[id]?.stop(.cancelRequested) }
                 }
                 for (id, job) in jobs where !seen.contains(id) {
@@ -280,6 +316,21 @@ public final class ExecutorPool: Service, Sendable {
                 }
             } catch {
                 logger.warning("heartbeat failed", metadata: ["error": "\(String(reflecting: error))"])
+            }
+        }
+    }
+
+    /// The fence, in a loop of its own so that a heartbeat stuck on a dead connection cannot
+    /// hold it up: a job whose ownership the database has not confirmed for `fenceAfter` may
+    /// already have been failed by the leader and rerun elsewhere, so it stops here and
+    /// records nothing.
+    private func fenceLoop() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.heartbeatInterval)
+            let now = ContinuousClock.now
+            for job in running.withLock({ Array($0.values) }) where now - job.confirmed.withLock({ $0 }) > configuration.fenceAfter {
+                logger.error("stopping a job whose ownership could not be confirmed in time", metadata: ["job_id": "\(job.id.uuidString.lowercased())"])
+                job.stop(.lost)
             }
         }
     }

@@ -145,6 +145,8 @@ struct JobsService: Sendable {
         snapshot.jobId = record.job.id
         snapshot.at = ProtoTimestamp(Date())
         try await writer.write(snapshot)
+        // A finished job whose history the client has seen: nothing follows the snapshot.
+        if record.isTerminal && after >= record.lastSeq { return }
         do {
             // A replica shutting down ends its watches (the client resumes elsewhere with
             // afterSeq) rather than holding the drain open until the jobs end.

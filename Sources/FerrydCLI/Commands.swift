@@ -238,6 +238,8 @@ struct Serve: AsyncParsableCommand {
         guard configuration.leader.heartbeatTimeout > configuration.executors.heartbeatInterval * 2 else {
             throw StartupError("the heartbeat timeout must be more than twice the heartbeat interval, or live jobs would be failed")
         }
+        // An executor stops a job it cannot confirm one interval before the leader may fail it.
+        configuration.executors.fenceAfter = configuration.leader.heartbeatTimeout - configuration.executors.heartbeatInterval
         if let text = settings.string(listenDatabaseURL, "FERRY_LISTEN_DATABASE_URL") {
             if text == "none" {
                 configuration.listenDatabase = .none

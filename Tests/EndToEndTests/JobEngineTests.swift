@@ -1,6 +1,7 @@
 import ControlDatabase
 import FerryClient
 import FerryProtocol
+import FerryRPC
 import FerryTestSupport
 import Foundation
 import PostgresNIO
@@ -229,6 +230,52 @@ import Testing
         #expect(done.progress?.current == "resumed at step \(saved)", "\(String(describing: done.progress))")
         #expect(done.progress?.rowsCopied?.value == Int64(16 - saved))
         #expect(done.progress?.tablesDone?.value == 16)
+    }
+
+    /// A replica that loses the control database stops its jobs itself (the fence, one
+    /// heartbeat interval before the leader may fail them), so a rerun never writes beside it.
+    @Test func aReplicaCutOffFromTheControlDatabaseStopsItsJobsItself() async throws {
+        let control = try await TestPostgres.shared.freshDatabase("fence")
+        let bouncer = try await PgBouncer.start(in: try await TestPostgres.shared.server(), poolMode: "transaction", poolSize: 10)
+        let files = FileManager.default.temporaryDirectory.path + "/ferry-fence-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: files) }
+        let (certificate, key) = try SelfSignedCertificate.generate().write(to: files)
+        let token = TokenStore.generateToken()
+        var environment = [
+            "FERRY_TOKENS": TokenStore.line(token: token, principal: Principal(name: "tester", role: .admin)),
+            "FERRY_TEST_JOB_MS": "20000", "FERRY_TEST_JOB_STEPS": "2", "FERRY_LOG_LEVEL": "notice",
+        ]
+        let arguments = ["--tls-cert", certificate, "--tls-key", key, "--heartbeat-interval", "0.3", "--heartbeat-timeout", "2", "--leader-lease", "2"]
+        // B reaches the control database only through PgBouncer, and starts first to run the job.
+        environment["FERRY_DATABASE_URL"] = try bouncer.url(database: control.database).secretURLString
+        let b = try await ServingFerryd.start(arguments + ["--listen-database-url", "none"], environment: environment, binary: FerryBinaries.ferrydTest)
+        let clientB = try await FerryClient.connect(FerryClientConfiguration(host: b.host, port: b.port, trustRootsFile: certificate, token: token))
+        defer { clientB.close() }
+        let instance = try await TestPostgres.shared.freshDatabase("inst")
+        let _: PutInstanceResponse = try await clientB.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "i0", dsn: instance.secretURLString))
+        let job = try await clientB.startJob(cloneRequest(instance: "i0", target: "fenced"))
+        let id = try #require(job.id)
+        _ = try await clientB.waitFor(id) { $0.progress?.current != nil }
+        // A connects directly and will lead once B's lease lapses.
+        environment["FERRY_DATABASE_URL"] = control.secretURLString
+        let a = try await ServingFerryd.start(arguments, environment: environment, binary: FerryBinaries.ferrydTest)
+        let clientA = try await FerryClient.connect(FerryClientConfiguration(host: a.host, port: a.port, trustRootsFile: certificate, token: token))
+        defer { clientA.close() }
+
+        await bouncer.stop()
+        let failed = try await clientA.waitFor(id, timeout: .seconds(20)) { $0.status == .failed }
+        #expect(failed.error?.message?.contains("stopped heartbeating") == true)
+        // B stopped the job on its own, without waiting to hear about the rescue.
+        var fenced = false
+        for _ in 0..<50 where !fenced {
+            fenced = b.process.output.contains("stopping a job whose ownership could not be confirmed in time")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(fenced, "B kept running a job it could no longer confirm: \(b.process.output.suffix(2000))")
+        b.process.child.signal(SIGKILL)
+        _ = await b.process.finish()
+        try? FileManager.default.removeItem(atPath: b.scratch)
+        #expect(await a.stop().status == 0)
     }
 
     // MARK: Cancel and watch across replicas
