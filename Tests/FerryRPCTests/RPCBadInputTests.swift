@@ -200,14 +200,23 @@ import Testing
     }
 
     @Test func aSilentTCPClientIsClosedAfterTheHandshakeTimeout() async throws {
-        // Generous: the follow-up TLS client must finish its own handshake within this
-        // timeout too, on a 2-core machine that may be busy with the fuzz test.
-        try await withTestServer(configure: { $0.handshakeTimeout = .seconds(3) }) { server in
+        try await withTestServer(configure: { $0.handshakeTimeout = .milliseconds(1500) }) { server in
+            // The witness connects first, so that what it shows is that the server goes on
+            // serving. Its own handshake races the short timeout on a machine busy with other
+            // suites, so it may take a second try; that is not what this test is about.
+            var connected: FerryClient?
+            for attempt in 1...3 where connected == nil {
+                do {
+                    connected = try await server.client()
+                } catch where attempt < 3 {}
+            }
+            let witness = try #require(connected)
+            defer { witness.close() }
             let raw = try await RawClient.connect(port: server.port, tls: false)
             let started = ContinuousClock.now
             #expect(try await raw.framesUntilClosed().isEmpty)
             #expect(ContinuousClock.now - started < .seconds(10))
-            try await expectStillServing(server)
+            #expect(try await witness.check().status == .serving)
         }
     }
 
