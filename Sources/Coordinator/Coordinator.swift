@@ -236,12 +236,26 @@ public actor Coordinator {
     /// is the queue position of a queued job being promoted (only jobs ahead of it count).
     private func capacity(for touches: [JobTouch], before queuedJob: UUID?, on connection: PostgresConnection) async throws -> Verdict {
         let instances = JobPlan.instances(touches)
-        let running = try await connection.execute("""
-            SELECT j.id, ji.instance_id, ji.tenant, ji.writes FROM job_instances ji JOIN jobs j ON j.id = ji.job_id
+        // One round trip: the RUNNING jobs' touches on these instances, and (as a row with a
+        // NULL id) how many queued jobs wait ahead.
+        let rows = try await connection.execute("""
+            SELECT j.id, ji.instance_id, ji.tenant, ji.writes, 0 FROM job_instances ji JOIN jobs j ON j.id = ji.job_id
              WHERE j.status = 'RUNNING' AND ji.instance_id = ANY(\(instances))
-            """, logger: logger).map { row in
-            let (id, instance, tenant, writes) = try row.decode((UUID, String, String, Bool).self)
-            return (id, JobTouch(instance: instance, tenant: tenant, writes: writes))
+            UNION ALL
+            SELECT NULL::uuid, NULL::text, NULL::text, NULL::bool, count(DISTINCT j.id)::int FROM jobs j JOIN job_instances ji ON ji.job_id = j.id
+             WHERE j.status = 'QUEUED' AND ji.instance_id = ANY(\(instances))
+               AND (\(queuedJob)::uuid IS NULL
+                    OR (j.queued_at, j.id) < (SELECT q.queued_at, q.id FROM jobs q WHERE q.id = \(queuedJob)))
+            """, logger: logger)
+        var running: [(UUID, JobTouch)] = []
+        var queuedAhead = 0
+        for row in rows {
+            let (id, instance, tenant, writes, ahead) = try row.decode((UUID?, String?, String?, Bool?, Int).self)
+            if let id, let instance, let tenant, let writes {
+                running.append((id, JobTouch(instance: instance, tenant: tenant, writes: writes)))
+            } else {
+                queuedAhead = ahead
+            }
         }
         var verdict = Verdict()
         var perInstance: [String: Set<UUID>] = [:]
@@ -250,13 +264,7 @@ public actor Coordinator {
             verdict.overCap[instance] = jobs.sorted { $0.uuidString < $1.uuidString }
         }
         verdict.conflicts = Array(Set(running.filter { _, theirs in touches.contains { $0.collides(with: theirs) } }.map(\.0))).sorted { $0.uuidString < $1.uuidString }
-        let ahead = try await connection.execute("""
-            SELECT count(DISTINCT j.id)::int FROM jobs j JOIN job_instances ji ON ji.job_id = j.id
-             WHERE j.status = 'QUEUED' AND ji.instance_id = ANY(\(instances))
-               AND (\(queuedJob)::uuid IS NULL
-                    OR (j.queued_at, j.id) < (SELECT q.queued_at, q.id FROM jobs q WHERE q.id = \(queuedJob)))
-            """, logger: logger)
-        verdict.queuedAhead = try ahead.first?.decode(Int.self) ?? 0
+        verdict.queuedAhead = queuedAhead
         return verdict
     }
 

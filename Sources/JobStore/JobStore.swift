@@ -44,12 +44,13 @@ public enum JobStore {
                     clock_timestamp(), clock_timestamp(), CASE WHEN \(running) THEN clock_timestamp() END, clock_timestamp())
             RETURNING \(unescaped: JobRecord.columns())
             """, logger: logger)
-        for touch in touches {
-            try await connection.execute("""
-                INSERT INTO job_instances (job_id, instance_id, tenant, writes) VALUES (\(id), \(touch.instance), \(touch.tenant), \(touch.writes))
-                ON CONFLICT (job_id, instance_id, tenant) DO UPDATE SET writes = job_instances.writes OR EXCLUDED.writes
-                """, logger: logger)
-        }
+        // One statement for all touches (touches are distinct: JobPlan sorts and checks them).
+        try await connection.execute("""
+            INSERT INTO job_instances (job_id, instance_id, tenant, writes)
+            SELECT \(id), t.instance, t.tenant, bool_or(t.writes)
+              FROM unnest(\(touches.map(\.instance))::text[], \(touches.map(\.tenant))::text[], \(touches.map(\.writes))::bool[]) AS t(instance, tenant, writes)
+             GROUP BY t.instance, t.tenant
+            """, logger: logger)
         guard let row = rows.first else { throw RPCError(.internal, "the job insert returned nothing") }
         var record = try JobRecord(row: row)
         let event = try await appendStatus(record.id, status: status, error: nil, on: connection, logger: logger)
