@@ -90,6 +90,7 @@ public final class FerryClient: Sendable {
         do {
             channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
         } catch {
+            handshake.withLock { $0 }?.fail(error)
             throw RPCError(.unavailable, "cannot connect to \(configuration.host):\(configuration.port): \(error)")
         }
         do {
@@ -340,6 +341,11 @@ final class ClientFrameHandler: ChannelInboundHandler {
         handshake.fail(error)
         calls.closeAll("connection error: \(error)")
         context.close(promise: nil)
+    }
+
+    /// A connection that never became active (refused) ends here: the promise must not leak.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        handshake.fail(RPCError(.unavailable, "the connection closed before the TLS handshake"))
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -112,12 +112,13 @@ public final class WatchHub: Sendable {
             feeds[jobID] = nil
             return true
         }
-        if last { feed.poller.withLock { $0 }?.cancel() }
+        // Stopped between reads, never cancelled in the middle of one.
+        if last { feed.stop() }
     }
 
     /// Reads new events into the feed until the job's terminal STATUS event.
     private func poll(_ feed: Feed) async {
-        while !Task.isCancelled {
+        while !Task.isCancelled && !feed.isStopped {
             do {
                 let after = feed.highestSeq
                 let events = try await client.withConnection { connection in
@@ -154,6 +155,15 @@ final class Feed: @unchecked Sendable {
     private let state = Mutex(State())
 
     init(jobID: UUID) { self.jobID = jobID }
+
+    private let stopped = Mutex(false)
+    var isStopped: Bool { stopped.withLock { $0 } }
+
+    /// Ends the poller at its next turn (the last watcher left).
+    func stop() {
+        stopped.withLock { $0 = true }
+        wakeup.signal()
+    }
 
     var highestSeq: Int64 { state.withLock { $0.highest } }
 

@@ -81,7 +81,15 @@ final class Replicas: Sendable {
 
     func client(_ index: Int) async throws -> FerryClient {
         let server = servers[index % servers.count]
-        return try await FerryClient.connect(FerryClientConfiguration(host: server.host, port: server.port, trustRootsFile: caFile, token: token))
+        do {
+            return try await FerryClient.connect(FerryClientConfiguration(host: server.host, port: server.port, trustRootsFile: caFile, token: token))
+        } catch {
+            // A replica that died says why in its output.
+            if !server.process.child.isRunning {
+                Issue.record("replica \(index % servers.count) is not running: \(server.process.output.suffix(4000))")
+            }
+            throw error
+        }
     }
 
     /// Stops every replica (SIGTERM; those already killed are just reaped) and PgBouncer.
