@@ -29,8 +29,26 @@ final class Replicas: Sendable {
         self.files = files
     }
 
+    /// Starts replicas, runs `body`, and stops them whatever happens: no replica outlives
+    /// the test that started it.
+    static func with<T: Sendable>(
+        count: Int = 3, throughPgBouncer: Bool = false, instances: Int = 2,
+        jobMs: Int = 300, jobSteps: Int = 5, arguments: [String] = [],
+        _ body: (Replicas) async throws -> T
+    ) async throws -> T {
+        let replicas = try await start(count: count, throughPgBouncer: throughPgBouncer, instances: instances, jobMs: jobMs, jobSteps: jobSteps, arguments: arguments)
+        do {
+            let result = try await body(replicas)
+            _ = await replicas.stop()
+            return result
+        } catch {
+            _ = await replicas.stop()
+            throw error
+        }
+    }
+
     /// Starts `count` replicas at once (they migrate together) and registers `instances`
-    /// fresh databases as instances `i0`, `i1`, ….
+    /// fresh databases as instances `i0`, `i1`, …. Callers stop them (see `with`).
     static func start(
         count: Int = 3, throughPgBouncer: Bool = false, instances instanceCount: Int = 2,
         jobMs: Int = 300, jobSteps: Int = 5, arguments: [String] = []
@@ -58,23 +76,40 @@ final class Replicas: Sendable {
         ]
         let arguments = ["--tls-cert", certificate, "--tls-key", key,
                          "--heartbeat-interval", "0.3", "--heartbeat-timeout", "2", "--leader-lease", "2"] + extra
-        let servers = try await withThrowingTaskGroup(of: ServingFerryd.self) { group in
+        // Every start is awaited, so that a failure leaves no replica running.
+        let started = await withTaskGroup(of: Result<ServingFerryd, any Error>.self) { group in
             for _ in 0..<count {
-                group.addTask { try await ServingFerryd.start(arguments, environment: environment, binary: FerryBinaries.ferrydTest) }
+                group.addTask {
+                    do {
+                        return .success(try await ServingFerryd.start(arguments, environment: environment, binary: FerryBinaries.ferrydTest))
+                    } catch {
+                        return .failure(error)
+                    }
+                }
             }
-            var servers: [ServingFerryd] = []
-            for try await server in group { servers.append(server) }
-            return servers
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        let servers = started.compactMap { try? $0.get() }
+        if servers.count < count {
+            for server in servers { _ = await server.stop() }
+            await bouncer?.stop()
+            try? FileManager.default.removeItem(atPath: files)
+            for result in started { _ = try result.get() }
         }
         var instances: [String: DatabaseURL] = [:]
         for index in 0..<instanceCount {
             instances["i\(index)"] = try await TestPostgres.shared.freshDatabase("inst")
         }
         let replicas = Replicas(control: control, servers: servers, token: token, caFile: certificate, instances: instances, bouncer: bouncer, files: files)
-        let client = try await replicas.client(0)
-        defer { client.close() }
-        for (id, url) in instances.sorted(by: { $0.key < $1.key }) {
-            let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: id, dsn: url.secretURLString))
+        do {
+            let client = try await replicas.client(0)
+            defer { client.close() }
+            for (id, url) in instances.sorted(by: { $0.key < $1.key }) {
+                let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: id, dsn: url.secretURLString))
+            }
+        } catch {
+            _ = await replicas.stop()
+            throw error
         }
         return replicas
     }

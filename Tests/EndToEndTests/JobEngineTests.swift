@@ -28,208 +28,208 @@ import Testing
     /// two RUNNING writers of one tenant; afterwards the startedAt/finishedAt intervals say
     /// the same; queued jobs started in the order they were queued, per instance.
     private func admissionUnderLoad(throughPgBouncer: Bool) async throws {
-        let replicas = try await Replicas.start(count: 3, throughPgBouncer: throughPgBouncer, instances: 4, jobMs: 250, jobSteps: 5)
-        defer { Task { _ = await replicas.stop() } }
-        let instanceIDs = replicas.instances.keys.sorted()
+        try await Replicas.with(count: 3, throughPgBouncer: throughPgBouncer, instances: 4, jobMs: 250, jobSteps: 5) { replicas in
+            let instanceIDs = replicas.instances.keys.sorted()
 
-        // The poller: what the control database shows as RUNNING, as often as it can.
-        let violations = Shared<[String]>([])
-        let polls = Shared(0)
-        let stopPolling = Shared(false)
-        let poller = Task {
-            try await replicas.query { connection in
-                while !stopPolling.withLock({ $0 }) {
-                    let rows = try await connection.execute("""
-                        SELECT ji.instance_id, count(DISTINCT j.id)::int,
-                               count(*) FILTER (WHERE ji.writes)::int, count(DISTINCT ji.tenant) FILTER (WHERE ji.writes)::int
-                          FROM jobs j JOIN job_instances ji ON ji.job_id = j.id
-                         WHERE j.status = 'RUNNING' GROUP BY ji.instance_id
-                        """, logger: logger)
-                    for row in rows {
-                        let (instance, running, writes, distinctTenants) = try row.decode((String, Int, Int, Int).self)
-                        if running > 3 { violations.withLock { $0.append("\(running) RUNNING on \(instance)") } }
-                        if writes != distinctTenants { violations.withLock { $0.append("two RUNNING writers of one tenant on \(instance)") } }
+            // The poller: what the control database shows as RUNNING, as often as it can.
+            let violations = Shared<[String]>([])
+            let polls = Shared(0)
+            let stopPolling = Shared(false)
+            let poller = Task {
+                try await replicas.query { connection in
+                    while !stopPolling.withLock({ $0 }) {
+                        let rows = try await connection.execute("""
+                            SELECT ji.instance_id, count(DISTINCT j.id)::int,
+                                   count(*) FILTER (WHERE ji.writes)::int, count(DISTINCT ji.tenant) FILTER (WHERE ji.writes)::int
+                              FROM jobs j JOIN job_instances ji ON ji.job_id = j.id
+                             WHERE j.status = 'RUNNING' GROUP BY ji.instance_id
+                            """, logger: logger)
+                        for row in rows {
+                            let (instance, running, writes, distinctTenants) = try row.decode((String, Int, Int, Int).self)
+                            if running > 3 { violations.withLock { $0.append("\(running) RUNNING on \(instance)") } }
+                            if writes != distinctTenants { violations.withLock { $0.append("two RUNNING writers of one tenant on \(instance)") } }
+                        }
+                        polls.withLock { $0 += 1 }
                     }
-                    polls.withLock { $0 += 1 }
                 }
             }
-        }
 
-        let clients: [FerryClient] = try await withThrowingTaskGroup(of: FerryClient.self) { group in
-            for index in 0..<12 { group.addTask { try await replicas.client(index) } }
-            return try await group.reduce(into: []) { $0.append($1) }
-        }
-        defer { for client in clients { client.close() } }
-        let outcomes = Shared<[String: Int]>([:])
-        let admitted = Shared<[String]>([])
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for worker in 0..<clients.count {
-                group.addTask { [clients, instanceIDs] in
-                    for k in stride(from: worker, to: 1000, by: clients.count) {
-                        let request = cloneRequest(instance: instanceIDs[k % instanceIDs.count], target: "t\(k % 7)", queue: (k / instanceIDs.count) % 2 == 0)
-                        do {
-                            let job = try await clients[worker].startJob(request)
-                            let status = job.status?.rawValue ?? "?"
-                            outcomes.withLock { $0[status, default: 0] += 1 }
-                            admitted.withLock { $0.append(job.id ?? "") }
-                        } catch let error as RPCError {
-                            outcomes.withLock { $0[error.code.rawValue, default: 0] += 1 }
-                            if error.code == .resourceExhausted {
-                                // The details name the running jobs in the way.
-                                if case .array(let ids)? = error.details?["runningJobIds"], !ids.isEmpty {} else if error.details?["queuedAhead"] == nil {
-                                    outcomes.withLock { $0["RESOURCE_EXHAUSTED without details", default: 0] += 1 }
+            let clients: [FerryClient] = try await withThrowingTaskGroup(of: FerryClient.self) { group in
+                for index in 0..<12 { group.addTask { try await replicas.client(index) } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            defer { for client in clients { client.close() } }
+            let outcomes = Shared<[String: Int]>([:])
+            let admitted = Shared<[String]>([])
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for worker in 0..<clients.count {
+                    group.addTask { [clients, instanceIDs] in
+                        for k in stride(from: worker, to: 1000, by: clients.count) {
+                            let request = cloneRequest(instance: instanceIDs[k % instanceIDs.count], target: "t\(k % 7)", queue: (k / instanceIDs.count) % 2 == 0)
+                            do {
+                                let job = try await clients[worker].startJob(request)
+                                let status = job.status?.rawValue ?? "?"
+                                outcomes.withLock { $0[status, default: 0] += 1 }
+                                admitted.withLock { $0.append(job.id ?? "") }
+                            } catch let error as RPCError {
+                                outcomes.withLock { $0[error.code.rawValue, default: 0] += 1 }
+                                if error.code == .resourceExhausted {
+                                    // The details name the running jobs in the way.
+                                    if case .array(let ids)? = error.details?["runningJobIds"], !ids.isEmpty {} else if error.details?["queuedAhead"] == nil {
+                                        outcomes.withLock { $0["RESOURCE_EXHAUSTED without details", default: 0] += 1 }
+                                    }
                                 }
                             }
                         }
                     }
                 }
+                try await group.waitForAll()
             }
-            try await group.waitForAll()
-        }
-        let counted = outcomes.withLock { $0 }
-        print("admission load \(throughPgBouncer ? "through PgBouncer" : "direct"): answers \(counted.sorted { $0.key < $1.key })")
-        #expect(Set(counted.keys).isSubset(of: ["RUNNING", "QUEUED", "RESOURCE_EXHAUSTED"]), "\(counted)")
-        #expect(counted.values.reduce(0, +) == 1000, "\(counted)")
-        #expect((counted["QUEUED"] ?? 0) > 0 && (counted["RESOURCE_EXHAUSTED"] ?? 0) > 0, "the load should hit the cap: \(counted)")
+            let counted = outcomes.withLock { $0 }
+            print("admission load \(throughPgBouncer ? "through PgBouncer" : "direct"): answers \(counted.sorted { $0.key < $1.key })")
+            #expect(Set(counted.keys).isSubset(of: ["RUNNING", "QUEUED", "RESOURCE_EXHAUSTED"]), "\(counted)")
+            #expect(counted.values.reduce(0, +) == 1000, "\(counted)")
+            #expect((counted["QUEUED"] ?? 0) > 0 && (counted["RESOURCE_EXHAUSTED"] ?? 0) > 0, "the load should hit the cap: \(counted)")
 
-        // Everything admitted or queued finishes.
-        let deadline = ContinuousClock.now + .seconds(240)
-        while ContinuousClock.now < deadline {
-            let open = try await replicas.query { try await $0.execute("SELECT count(*)::int FROM jobs WHERE status IN ('QUEUED', 'RUNNING')", logger: logger).first!.decode(Int.self) }
-            if open == 0 { break }
-            try await Task.sleep(for: .milliseconds(250))
-        }
-        stopPolling.withLock { $0 = true }
-        try await poller.value
-        #expect(violations.withLock { $0 }.isEmpty, "\(violations.withLock { $0.prefix(5) })")
-        #expect(polls.withLock { $0 } > 20)
-        print("admission load \(throughPgBouncer ? "through PgBouncer" : "direct"): \(polls.withLock { $0 }) polls of RUNNING jobs, no violation")
-
-        struct Row { var id: UUID; var instance: String; var tenant: String; var writes: Bool; var status: String; var queuedAt: Date; var started: Date?; var finished: Date?; var firstStatus: String }
-        let rows: [Row] = try await replicas.query { connection in
-            try await connection.execute("""
-                SELECT j.id, ji.instance_id, ji.tenant, ji.writes, j.status, j.queued_at, j.started_at, j.finished_at,
-                       (SELECT e.payload->>'status' FROM job_events e WHERE e.job_id = j.id AND e.type = 'STATUS' ORDER BY e.seq LIMIT 1)
-                  FROM jobs j JOIN job_instances ji ON ji.job_id = j.id
-                """, logger: logger).map { row in
-                let (id, instance, tenant, writes, status, queuedAt, started, finished, first) = try row.decode((UUID, String, String, Bool, String, Date, Date?, Date?, String).self)
-                return Row(id: id, instance: instance, tenant: tenant, writes: writes, status: status, queuedAt: queuedAt, started: started, finished: finished, firstStatus: first)
+            // Everything admitted or queued finishes.
+            let deadline = ContinuousClock.now + .seconds(240)
+            while ContinuousClock.now < deadline {
+                let open = try await replicas.query { try await $0.execute("SELECT count(*)::int FROM jobs WHERE status IN ('QUEUED', 'RUNNING')", logger: logger).first!.decode(Int.self) }
+                if open == 0 { break }
+                try await Task.sleep(for: .milliseconds(250))
             }
-        }
-        let jobIDs = Set(rows.map(\.id))
-        #expect(jobIDs.count == admitted.withLock { $0.count })
-        #expect(rows.allSatisfy { $0.status == "SUCCEEDED" }, "\(Dictionary(grouping: rows, by: \.status).mapValues(\.count))")
+            stopPolling.withLock { $0 = true }
+            try await poller.value
+            #expect(violations.withLock { $0 }.isEmpty, "\(violations.withLock { $0.prefix(5) })")
+            #expect(polls.withLock { $0 } > 20)
+            print("admission load \(throughPgBouncer ? "through PgBouncer" : "direct"): \(polls.withLock { $0 }) polls of RUNNING jobs, no violation")
 
-        // No instant with more than 3 running per instance, from the recorded intervals.
-        for instance in instanceIDs {
-            let intervals = Dictionary(grouping: rows.filter { $0.instance == instance }, by: \.id).values.compactMap { $0.first }
-            var points: [(Date, Int)] = []
-            for row in intervals {
-                guard let started = row.started, let finished = row.finished else { continue }
-                points.append((started, 1))
-                points.append((finished, -1))
-            }
-            // At equal instants an end comes before a start: the freed slot is what admitted it.
-            points.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
-            var current = 0
-            var peak = 0
-            for (_, delta) in points {
-                current += delta
-                peak = max(peak, current)
-            }
-            #expect(peak <= 3, "instance \(instance) had \(peak) jobs running at once")
-            #expect(peak == 3, "instance \(instance) never reached the cap (peak \(peak)): the test did not load it")
-
-            // No two writers of one tenant overlapped.
-            for (tenant, writers) in Dictionary(grouping: rows.filter { $0.instance == instance && $0.writes }, by: \.tenant) {
-                let sorted = writers.compactMap { row in row.started.map { ($0, row.finished ?? .distantFuture) } }.sorted { $0.0 < $1.0 }
-                for (earlier, later) in zip(sorted, sorted.dropFirst()) {
-                    #expect(earlier.1 <= later.0, "tenant \(tenant) on \(instance) was written by two jobs at once")
+            struct Row { var id: UUID; var instance: String; var tenant: String; var writes: Bool; var status: String; var queuedAt: Date; var started: Date?; var finished: Date?; var firstStatus: String }
+            let rows: [Row] = try await replicas.query { connection in
+                try await connection.execute("""
+                    SELECT j.id, ji.instance_id, ji.tenant, ji.writes, j.status, j.queued_at, j.started_at, j.finished_at,
+                           (SELECT e.payload->>'status' FROM job_events e WHERE e.job_id = j.id AND e.type = 'STATUS' ORDER BY e.seq LIMIT 1)
+                      FROM jobs j JOIN job_instances ji ON ji.job_id = j.id
+                    """, logger: logger).map { row in
+                    let (id, instance, tenant, writes, status, queuedAt, started, finished, first) = try row.decode((UUID, String, String, Bool, String, Date, Date?, Date?, String).self)
+                    return Row(id: id, instance: instance, tenant: tenant, writes: writes, status: status, queuedAt: queuedAt, started: started, finished: finished, firstStatus: first)
                 }
             }
+            let jobIDs = Set(rows.map(\.id))
+            #expect(jobIDs.count == admitted.withLock { $0.count })
+            #expect(rows.allSatisfy { $0.status == "SUCCEEDED" }, "\(Dictionary(grouping: rows, by: \.status).mapValues(\.count))")
 
-            // FIFO: queued jobs started in the order they were queued.
-            let queued = rows.filter { $0.instance == instance && $0.firstStatus == "QUEUED" && $0.writes }
-                .sorted { ($0.queuedAt, $0.id.uuidString) < ($1.queuedAt, $1.id.uuidString) }
-            #expect(queued.count > 10, "instance \(instance): only \(queued.count) queued jobs")
-            for (earlier, later) in zip(queued, queued.dropFirst()) {
-                if let a = earlier.started, let b = later.started, a > b {
-                    Issue.record("instance \(instance): job queued at \(earlier.queuedAt) started after one queued later")
-                    break
+            // No instant with more than 3 running per instance, from the recorded intervals.
+            for instance in instanceIDs {
+                let intervals = Dictionary(grouping: rows.filter { $0.instance == instance }, by: \.id).values.compactMap { $0.first }
+                var points: [(Date, Int)] = []
+                for row in intervals {
+                    guard let started = row.started, let finished = row.finished else { continue }
+                    points.append((started, 1))
+                    points.append((finished, -1))
+                }
+                // At equal instants an end comes before a start: the freed slot is what admitted it.
+                points.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
+                var current = 0
+                var peak = 0
+                for (_, delta) in points {
+                    current += delta
+                    peak = max(peak, current)
+                }
+                #expect(peak <= 3, "instance \(instance) had \(peak) jobs running at once")
+                #expect(peak == 3, "instance \(instance) never reached the cap (peak \(peak)): the test did not load it")
+
+                // No two writers of one tenant overlapped.
+                for (tenant, writers) in Dictionary(grouping: rows.filter { $0.instance == instance && $0.writes }, by: \.tenant) {
+                    let sorted = writers.compactMap { row in row.started.map { ($0, row.finished ?? .distantFuture) } }.sorted { $0.0 < $1.0 }
+                    for (earlier, later) in zip(sorted, sorted.dropFirst()) {
+                        #expect(earlier.1 <= later.0, "tenant \(tenant) on \(instance) was written by two jobs at once")
+                    }
+                }
+
+                // FIFO: queued jobs started in the order they were queued.
+                let queued = rows.filter { $0.instance == instance && $0.firstStatus == "QUEUED" && $0.writes }
+                    .sorted { ($0.queuedAt, $0.id.uuidString) < ($1.queuedAt, $1.id.uuidString) }
+                #expect(queued.count > 10, "instance \(instance): only \(queued.count) queued jobs")
+                for (earlier, later) in zip(queued, queued.dropFirst()) {
+                    if let a = earlier.started, let b = later.started, a > b {
+                        Issue.record("instance \(instance): job queued at \(earlier.queuedAt) started after one queued later")
+                        break
+                    }
                 }
             }
+            let results = await replicas.stop()
+            for result in results where result.status != 0 { Issue.record("replica exited \(result.status): \(result.output.components(separatedBy: "\n").filter { $0.contains("Fatal") || $0.contains("Crash") || $0.contains("error") || $0.contains(" at /work/main/Sources") }.prefix(30).joined(separator: "\n"))") }
         }
-        let results = await replicas.stop()
-        for result in results where result.status != 0 { Issue.record("replica exited \(result.status): \(result.output.components(separatedBy: "\n").filter { $0.contains("Fatal") || $0.contains("Crash") || $0.contains("error") || $0.contains(" at /work/main/Sources") }.prefix(30).joined(separator: "\n"))") }
     }
 
     // MARK: Idempotency
 
     @Test func aRepeatedRequestIDReturnsTheSameJob() async throws {
-        let replicas = try await Replicas.start(count: 2, instances: 1, jobMs: 200)
-        defer { Task { _ = await replicas.stop() } }
-        let a = try await replicas.client(0)
-        let b = try await replicas.client(1)
-        defer { a.close(); b.close() }
-        let request = cloneRequest(instance: "i0", target: "idem", queue: true, requestID: "req-1")
-        let first = try await a.startJob(request)
-        let again = try await b.startJob(request)
-        #expect(first.id == again.id && first.id != nil)
-        // The same key for a different request is refused, naming the first job.
-        let other = cloneRequest(instance: "i0", target: "other", queue: true, requestID: "req-1")
-        #expect(await statusCode { _ = try await a.startJob(other) } == .alreadyExists)
-        // Concurrent repeats on both replicas still make one job.
-        let ids = try await withThrowingTaskGroup(of: String.self) { group in
-            for index in 0..<20 {
-                group.addTask { try await (index % 2 == 0 ? a : b).startJob(cloneRequest(instance: "i0", target: "race", queue: true, requestID: "req-2")).id ?? "" }
+        try await Replicas.with(count: 2, instances: 1, jobMs: 200) { replicas in
+            let a = try await replicas.client(0)
+            let b = try await replicas.client(1)
+            defer { a.close(); b.close() }
+            let request = cloneRequest(instance: "i0", target: "idem", queue: true, requestID: "req-1")
+            let first = try await a.startJob(request)
+            let again = try await b.startJob(request)
+            #expect(first.id == again.id && first.id != nil)
+            // The same key for a different request is refused, naming the first job.
+            let other = cloneRequest(instance: "i0", target: "other", queue: true, requestID: "req-1")
+            #expect(await statusCode { _ = try await a.startJob(other) } == .alreadyExists)
+            // Concurrent repeats on both replicas still make one job.
+            let ids = try await withThrowingTaskGroup(of: String.self) { group in
+                for index in 0..<20 {
+                    group.addTask { try await (index % 2 == 0 ? a : b).startJob(cloneRequest(instance: "i0", target: "race", queue: true, requestID: "req-2")).id ?? "" }
+                }
+                return try await group.reduce(into: Set<String>()) { $0.insert($1) }
             }
-            return try await group.reduce(into: Set<String>()) { $0.insert($1) }
+            #expect(ids.count == 1)
+            let stored = try await replicas.query { try await $0.execute("SELECT count(*)::int FROM jobs WHERE request_id = 'req-2'", logger: logger).first!.decode(Int.self) }
+            #expect(stored == 1)
+            _ = try await a.waitFor(first.id!) { $0.status == .succeeded }
+            // After the job finished, the key still names it (no second job is started).
+            #expect(try await b.startJob(request).id == first.id)
         }
-        #expect(ids.count == 1)
-        let stored = try await replicas.query { try await $0.execute("SELECT count(*)::int FROM jobs WHERE request_id = 'req-2'", logger: logger).first!.decode(Int.self) }
-        #expect(stored == 1)
-        _ = try await a.waitFor(first.id!) { $0.status == .succeeded }
-        // After the job finished, the key still names it (no second job is started).
-        #expect(try await b.startJob(request).id == first.id)
     }
 
     // MARK: A killed replica
 
     @Test(arguments: [false, true])
     func aKilledReplicasJobsAreRescuedAndARerunResumes(throughPgBouncer: Bool) async throws {
-        let replicas = try await Replicas.start(count: 3, throughPgBouncer: throughPgBouncer, instances: 1, jobMs: 8000, jobSteps: 16)
-        defer { Task { _ = await replicas.stop() } }
-        let client = try await replicas.client(0)
-        defer { client.close() }
-        let started = try await client.startJob(cloneRequest(instance: "i0", target: "victim"))
-        let id = try #require(started.id)
-        #expect(started.status == .running)
-        // Let it get a few steps in, then kill whichever replica runs it.
-        _ = try await client.waitFor(id) { ($0.progress?.tablesDone?.value ?? 0) >= 3 }
-        let owner = try await replicas.query { try await $0.execute("SELECT owner FROM jobs WHERE id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(String.self) }
-        let victim = try #require(replicas.index(ofOwner: owner))
-        replicas.servers[victim].process.child.signal(SIGKILL)
-        let killedAt = ContinuousClock.now
+        try await Replicas.with(count: 3, throughPgBouncer: throughPgBouncer, instances: 1, jobMs: 8000, jobSteps: 16) { replicas in
+            let client = try await replicas.client(0)
+            defer { client.close() }
+            let started = try await client.startJob(cloneRequest(instance: "i0", target: "victim"))
+            let id = try #require(started.id)
+            #expect(started.status == .running)
+            // Let it get a few steps in, then kill whichever replica runs it.
+            _ = try await client.waitFor(id) { ($0.progress?.tablesDone?.value ?? 0) >= 3 }
+            let owner = try await replicas.query { try await $0.execute("SELECT owner FROM jobs WHERE id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(String.self) }
+            let victim = try #require(replicas.index(ofOwner: owner))
+            replicas.servers[victim].process.child.signal(SIGKILL)
+            let killedAt = ContinuousClock.now
 
-        let survivor = try await replicas.client(victim + 1)
-        defer { survivor.close() }
-        let failed = try await survivor.waitFor(id, timeout: .seconds(20)) { $0.status == .failed }
-        // Heartbeat timeout 2 s, leader lease 2 s (the leader may have been the victim).
-        #expect(ContinuousClock.now - killedAt < .seconds(12))
-        #expect(failed.error?.code == "UNAVAILABLE" && failed.error?.retryable == true, "\(String(describing: failed.error))")
-        #expect(failed.error?.message?.contains("stopped heartbeating") == true)
-        let saved = try await replicas.query {
-            try await $0.execute("SELECT (resume_state->>'step')::int FROM jobs WHERE id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(Int.self)
+            let survivor = try await replicas.client(victim + 1)
+            defer { survivor.close() }
+            let failed = try await survivor.waitFor(id, timeout: .seconds(20)) { $0.status == .failed }
+            // Heartbeat timeout 2 s, leader lease 2 s (the leader may have been the victim).
+            #expect(ContinuousClock.now - killedAt < .seconds(12))
+            #expect(failed.error?.code == "UNAVAILABLE" && failed.error?.retryable == true, "\(String(describing: failed.error))")
+            #expect(failed.error?.message?.contains("stopped heartbeating") == true)
+            let saved = try await replicas.query {
+                try await $0.execute("SELECT (resume_state->>'step')::int FROM jobs WHERE id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(Int.self)
+            }
+            #expect(saved >= 3)
+
+            let rerun = try await survivor.rerun(id)
+            #expect(rerun.attempt == 2 && rerun.rerunOf == id && rerun.rootJobId == id)
+            let done = try await survivor.waitFor(try #require(rerun.id), timeout: .seconds(30)) { $0.status == .succeeded }
+            // The rerun continued from the lineage's saved step instead of starting over.
+            #expect(done.progress?.current == "resumed at step \(saved)", "\(String(describing: done.progress))")
+            #expect(done.progress?.rowsCopied?.value == Int64(16 - saved))
+            #expect(done.progress?.tablesDone?.value == 16)
         }
-        #expect(saved >= 3)
-
-        let rerun = try await survivor.rerun(id)
-        #expect(rerun.attempt == 2 && rerun.rerunOf == id && rerun.rootJobId == id)
-        let done = try await survivor.waitFor(try #require(rerun.id), timeout: .seconds(30)) { $0.status == .succeeded }
-        // The rerun continued from the lineage's saved step instead of starting over.
-        #expect(done.progress?.current == "resumed at step \(saved)", "\(String(describing: done.progress))")
-        #expect(done.progress?.rowsCopied?.value == Int64(16 - saved))
-        #expect(done.progress?.tablesDone?.value == 16)
     }
 
     /// A replica that loses the control database stops its jobs itself (the fence, one
@@ -241,41 +241,46 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: files) }
         let (certificate, key) = try SelfSignedCertificate.generate().write(to: files)
         let token = TokenStore.generateToken()
-        var environment = [
+        let environment = [
             "FERRY_TOKENS": TokenStore.line(token: token, principal: Principal(name: "tester", role: .admin)),
             "FERRY_TEST_JOB_MS": "20000", "FERRY_TEST_JOB_STEPS": "2", "FERRY_LOG_LEVEL": "notice",
         ]
         let arguments = ["--tls-cert", certificate, "--tls-key", key, "--heartbeat-interval", "0.3", "--heartbeat-timeout", "2", "--leader-lease", "2"]
         // B reaches the control database only through PgBouncer, and starts first to run the job.
-        environment["FERRY_DATABASE_URL"] = try bouncer.url(database: control.database).secretURLString
-        let b = try await ServingFerryd.start(arguments + ["--listen-database-url", "none"], environment: environment, binary: FerryBinaries.ferrydTest)
-        let clientB = try await FerryClient.connect(FerryClientConfiguration(host: b.host, port: b.port, trustRootsFile: certificate, token: token))
-        defer { clientB.close() }
-        let instance = try await TestPostgres.shared.freshDatabase("inst")
-        let _: PutInstanceResponse = try await clientB.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "i0", dsn: instance.secretURLString))
-        let job = try await clientB.startJob(cloneRequest(instance: "i0", target: "fenced"))
-        let id = try #require(job.id)
-        _ = try await clientB.waitFor(id) { $0.progress?.current != nil }
-        // A connects directly and will lead once B's lease lapses.
-        environment["FERRY_DATABASE_URL"] = control.secretURLString
-        let a = try await ServingFerryd.start(arguments, environment: environment, binary: FerryBinaries.ferrydTest)
-        let clientA = try await FerryClient.connect(FerryClientConfiguration(host: a.host, port: a.port, trustRootsFile: certificate, token: token))
-        defer { clientA.close() }
+        var environmentB = environment
+        environmentB["FERRY_DATABASE_URL"] = try bouncer.url(database: control.database).secretURLString
+        var environmentA = environment
+        environmentA["FERRY_DATABASE_URL"] = control.secretURLString
+        try await ServingFerryd.with(arguments + ["--listen-database-url", "none"], environment: environmentB, binary: FerryBinaries.ferrydTest) { b in
+            let clientB = try await FerryClient.connect(FerryClientConfiguration(host: b.host, port: b.port, trustRootsFile: certificate, token: token))
+            defer { clientB.close() }
+            let instance = try await TestPostgres.shared.freshDatabase("inst")
+            let _: PutInstanceResponse = try await clientB.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "i0", dsn: instance.secretURLString))
+            let job = try await clientB.startJob(cloneRequest(instance: "i0", target: "fenced"))
+            let id = try #require(job.id)
+            _ = try await clientB.waitFor(id) { $0.progress?.current != nil }
+            // A connects directly and will lead once B's lease lapses.
+            try await ServingFerryd.with(arguments, environment: environmentA, binary: FerryBinaries.ferrydTest) { a in
+                let clientA = try await FerryClient.connect(FerryClientConfiguration(host: a.host, port: a.port, trustRootsFile: certificate, token: token))
+                defer { clientA.close() }
 
-        await bouncer.stop()
-        let failed = try await clientA.waitFor(id, timeout: .seconds(20)) { $0.status == .failed }
-        #expect(failed.error?.message?.contains("stopped heartbeating") == true)
-        // B stopped the job on its own, without waiting to hear about the rescue.
-        var fenced = false
-        for _ in 0..<50 where !fenced {
-            fenced = b.process.output.contains("stopping a job whose ownership could not be confirmed in time")
-            try await Task.sleep(for: .milliseconds(100))
+                await bouncer.stop()
+                let failed = try await clientA.waitFor(id, timeout: .seconds(20)) { $0.status == .failed }
+                #expect(failed.error?.message?.contains("stopped heartbeating") == true)
+                // B stopped the job on its own, without waiting to hear about the rescue.
+                var fenced = false
+                for _ in 0..<50 where !fenced {
+                    fenced = b.process.output.contains("stopping a job whose ownership could not be confirmed in time")
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                #expect(fenced, "B kept running a job it could no longer confirm: \(b.process.output.suffix(2000))")
+                // B cannot reach its database to stop gracefully.
+                b.process.child.signal(SIGKILL)
+                _ = await b.process.finish()
+                #expect(await a.stop().status == 0)
+            }
         }
-        #expect(fenced, "B kept running a job it could no longer confirm: \(b.process.output.suffix(2000))")
-        b.process.child.signal(SIGKILL)
-        _ = await b.process.finish()
-        try? FileManager.default.removeItem(atPath: b.scratch)
-        #expect(await a.stop().status == 0)
+        await bouncer.stop()
     }
 
     // MARK: Cancel and watch across replicas
@@ -295,197 +300,197 @@ import Testing
     }
 
     private func cancelAcrossReplicas(arguments: [String], throughPgBouncer: Bool = false) async throws {
-        let replicas = try await Replicas.start(count: 2, throughPgBouncer: throughPgBouncer, instances: 1, jobMs: 20000, jobSteps: 40, arguments: arguments)
-        defer { Task { _ = await replicas.stop() } }
-        let first = try await replicas.client(0)
-        defer { first.close() }
-        let job = try await first.startJob(cloneRequest(instance: "i0", target: "cancelme"))
-        let id = try #require(job.id)
-        _ = try await first.waitFor(id) { ($0.progress?.tablesDone?.value ?? 0) >= 2 }
-        let owner = try await replicas.query { try await $0.execute("SELECT owner FROM jobs WHERE id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(String.self) }
-        let runner = try #require(replicas.index(ofOwner: owner))
-        // Ask the other replica.
-        let other = try await replicas.client(runner + 1)
-        defer { other.close() }
-        let asked = ContinuousClock.now
-        let answer = try await other.cancel(id)
-        #expect(answer.status == .running || answer.status == .cancelled)
-        let cancelled = try await other.waitFor(id, timeout: .seconds(10)) { $0.status == .cancelled }
-        #expect(cancelled.status == .cancelled)
-        #expect(ContinuousClock.now - asked < .seconds(5), "cancel took \(ContinuousClock.now - asked)")
-        #expect(cancelled.finishedAt != nil && cancelled.error == nil)
-        // Cancelled stays resumable.
-        let rerun = try await other.rerun(id)
-        let resumed = try await other.waitFor(try #require(rerun.id)) { ($0.progress?.current ?? "").hasPrefix("resumed") }
-        #expect(resumed.progress?.current != "resumed at step 0")
-        _ = try await other.cancel(try #require(rerun.id))
-        // A job that ended cannot be cancelled again: the answer is the job as it is.
-        #expect(try await other.cancel(id).status == .cancelled)
+        try await Replicas.with(count: 2, throughPgBouncer: throughPgBouncer, instances: 1, jobMs: 20000, jobSteps: 40, arguments: arguments) { replicas in
+            let first = try await replicas.client(0)
+            defer { first.close() }
+            let job = try await first.startJob(cloneRequest(instance: "i0", target: "cancelme"))
+            let id = try #require(job.id)
+            _ = try await first.waitFor(id) { ($0.progress?.tablesDone?.value ?? 0) >= 2 }
+            let owner = try await replicas.query { try await $0.execute("SELECT owner FROM jobs WHERE id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(String.self) }
+            let runner = try #require(replicas.index(ofOwner: owner))
+            // Ask the other replica.
+            let other = try await replicas.client(runner + 1)
+            defer { other.close() }
+            let asked = ContinuousClock.now
+            let answer = try await other.cancel(id)
+            #expect(answer.status == .running || answer.status == .cancelled)
+            let cancelled = try await other.waitFor(id, timeout: .seconds(10)) { $0.status == .cancelled }
+            #expect(cancelled.status == .cancelled)
+            #expect(ContinuousClock.now - asked < .seconds(5), "cancel took \(ContinuousClock.now - asked)")
+            #expect(cancelled.finishedAt != nil && cancelled.error == nil)
+            // Cancelled stays resumable.
+            let rerun = try await other.rerun(id)
+            let resumed = try await other.waitFor(try #require(rerun.id)) { ($0.progress?.current ?? "").hasPrefix("resumed") }
+            #expect(resumed.progress?.current != "resumed at step 0")
+            _ = try await other.cancel(try #require(rerun.id))
+            // A job that ended cannot be cancelled again: the answer is the job as it is.
+            #expect(try await other.cancel(id).status == .cancelled)
+        }
     }
 
     @Test(arguments: [false, true])
     func aWatcherOnAnotherReplicaReconnectsWithAfterSeqAndSeesEveryStatusOnce(throughPgBouncer: Bool) async throws {
-        let replicas = try await Replicas.start(count: 2, throughPgBouncer: throughPgBouncer, instances: 1, jobMs: 3000, jobSteps: 30)
-        defer { Task { _ = await replicas.stop() } }
-        let starter = try await replicas.client(0)
-        defer { starter.close() }
-        let job = try await starter.startJob(cloneRequest(instance: "i0", target: "watched"))
-        let id = try #require(job.id)
-        _ = try await starter.waitFor(id) { $0.progress?.tablesDone != nil }
-        let owner = try await replicas.query { try await $0.execute("SELECT owner FROM jobs WHERE id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(String.self) }
-        let watcherIndex = (try #require(replicas.index(ofOwner: owner))) + 1
+        try await Replicas.with(count: 2, throughPgBouncer: throughPgBouncer, instances: 1, jobMs: 3000, jobSteps: 30) { replicas in
+            let starter = try await replicas.client(0)
+            defer { starter.close() }
+            let job = try await starter.startJob(cloneRequest(instance: "i0", target: "watched"))
+            let id = try #require(job.id)
+            _ = try await starter.waitFor(id) { $0.progress?.tablesDone != nil }
+            let owner = try await replicas.query { try await $0.execute("SELECT owner FROM jobs WHERE id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(String.self) }
+            let watcherIndex = (try #require(replicas.index(ofOwner: owner))) + 1
 
-        // First session: the SNAPSHOT and a few events, then the connection drops.
-        var seen: [JobEvent] = []
-        let firstSession = try await replicas.client(watcherIndex)
-        for try await event in try firstSession.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: id), as: JobEvent.self) {
-            seen.append(event)
-            if seen.count == 5 { break }
-        }
-        firstSession.close()
-        #expect(seen.first?.type == .snapshot && seen.first?.job?.id == id)
-        let lastSeq = try #require(seen.last?.seq?.value)
-        try await Task.sleep(for: .milliseconds(500))
+            // First session: the SNAPSHOT and a few events, then the connection drops.
+            var seen: [JobEvent] = []
+            let firstSession = try await replicas.client(watcherIndex)
+            for try await event in try firstSession.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: id), as: JobEvent.self) {
+                seen.append(event)
+                if seen.count == 5 { break }
+            }
+            firstSession.close()
+            #expect(seen.first?.type == .snapshot && seen.first?.job?.id == id)
+            let lastSeq = try #require(seen.last?.seq?.value)
+            try await Task.sleep(for: .milliseconds(500))
 
-        // Second session resumes after the last seq seen.
-        let secondSession = try await replicas.client(watcherIndex)
-        defer { secondSession.close() }
-        var resumed: [JobEvent] = []
-        for try await event in try secondSession.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: id, afterSeq: ProtoInt64(lastSeq)), as: JobEvent.self) {
-            resumed.append(event)
-        }
-        #expect(resumed.first?.type == .snapshot && resumed.first?.seq?.value == lastSeq)
-        let history = seen.dropFirst() + resumed.dropFirst()
-        let seqs = history.compactMap { $0.seq?.value }
-        #expect(seqs == seqs.sorted() && Set(seqs).count == seqs.count, "seqs not increasing: \(seqs)")
-        let statuses = history.filter { $0.type == .status }
-        #expect(statuses.map(\.status) == [.running, .succeeded], "\(statuses.map { ($0.seq?.value ?? 0, $0.status?.rawValue ?? "") })")
-        let stored = try await replicas.query {
-            try await $0.execute("SELECT seq FROM job_events WHERE job_id = \(UUID(uuidString: id)!) AND type = 'STATUS' ORDER BY seq", logger: logger).map { try $0.decode(Int64.self) }
-        }
-        #expect(statuses.compactMap { $0.seq?.value } == stored)
-        #expect(history.last?.status == .succeeded)
+            // Second session resumes after the last seq seen.
+            let secondSession = try await replicas.client(watcherIndex)
+            defer { secondSession.close() }
+            var resumed: [JobEvent] = []
+            for try await event in try secondSession.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: id, afterSeq: ProtoInt64(lastSeq)), as: JobEvent.self) {
+                resumed.append(event)
+            }
+            #expect(resumed.first?.type == .snapshot && resumed.first?.seq?.value == lastSeq)
+            let history = seen.dropFirst() + resumed.dropFirst()
+            let seqs = history.compactMap { $0.seq?.value }
+            #expect(seqs == seqs.sorted() && Set(seqs).count == seqs.count, "seqs not increasing: \(seqs)")
+            let statuses = history.filter { $0.type == .status }
+            #expect(statuses.map(\.status) == [.running, .succeeded], "\(statuses.map { ($0.seq?.value ?? 0, $0.status?.rawValue ?? "") })")
+            let stored = try await replicas.query {
+                try await $0.execute("SELECT seq FROM job_events WHERE job_id = \(UUID(uuidString: id)!) AND type = 'STATUS' ORDER BY seq", logger: logger).map { try $0.decode(Int64.self) }
+            }
+            #expect(statuses.compactMap { $0.seq?.value } == stored)
+            #expect(history.last?.status == .succeeded)
 
-        // A finished job's watch ends at once: the snapshot, then what follows afterSeq.
-        var finished: [JobEvent] = []
-        for try await event in try secondSession.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: id, afterSeq: ProtoInt64(stored.last!)), as: JobEvent.self) {
-            finished.append(event)
+            // A finished job's watch ends at once: the snapshot, then what follows afterSeq.
+            var finished: [JobEvent] = []
+            for try await event in try secondSession.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: id, afterSeq: ProtoInt64(stored.last!)), as: JobEvent.self) {
+                finished.append(event)
+            }
+            #expect(finished.map(\.type) == [.snapshot])
+            #expect(finished.first?.job?.status == .succeeded)
         }
-        #expect(finished.map(\.type) == [.snapshot])
-        #expect(finished.first?.job?.status == .succeeded)
     }
 
     // MARK: Refusals
 
     @Test func unknownJobsBadIdsAndRerunsOfTheWrongStatus() async throws {
-        let replicas = try await Replicas.start(count: 1, instances: 1, jobMs: 4000, jobSteps: 8)
-        defer { Task { _ = await replicas.stop() } }
-        let client = try await replicas.client(0)
-        defer { client.close() }
-        let unknown = UUID().uuidString.lowercased()
-        let watchUnknown = await statusCode {
-            for try await _ in try client.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: unknown), as: JobEvent.self) {}
+        try await Replicas.with(count: 1, instances: 1, jobMs: 4000, jobSteps: 8) { replicas in
+            let client = try await replicas.client(0)
+            defer { client.close() }
+            let unknown = UUID().uuidString.lowercased()
+            let watchUnknown = await statusCode {
+                for try await _ in try client.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: unknown), as: JobEvent.self) {}
+            }
+            #expect(watchUnknown == .notFound)
+            let watchMalformed = await statusCode {
+                for try await _ in try client.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: "not-a-uuid"), as: JobEvent.self) {}
+            }
+            #expect(watchMalformed == .invalidArgument)
+            #expect(await statusCode { _ = try await client.job(unknown) } == .notFound)
+            #expect(await statusCode { _ = try await client.job("1234") } == .invalidArgument)
+            #expect(await statusCode { _ = try await client.rerun(unknown) } == .notFound)
+
+            let running = try await client.startJob(cloneRequest(instance: "i0", target: "busy"))
+            #expect(await statusCode { _ = try await client.rerun(running.id!) } == .failedPrecondition)
+            _ = try await client.cancel(running.id!)
+            _ = try await client.waitFor(running.id!) { $0.status == .cancelled }
+
+            let quick = try await client.startJob(cloneRequest(instance: "i0", target: "quick"))
+            _ = try await client.cancel(quick.id!)
+            _ = try await client.waitFor(quick.id!) { $0.status == .cancelled }
+            let first = try await client.rerun(quick.id!)
+            // One rerun per job: the lineage stays a line.
+            #expect(await statusCode { _ = try await client.rerun(quick.id!) } == .failedPrecondition)
+            let succeeded = try await client.waitFor(first.id!, timeout: .seconds(30)) { $0.status == .succeeded }
+            #expect(await statusCode { _ = try await client.rerun(succeeded.id!) } == .failedPrecondition)
+
+            // Bad parameters, unknown instances and kinds this build lacks.
+            #expect(await statusCode { _ = try await client.startJob(StartJobRequest()) } == .invalidArgument)
+            #expect(await statusCode { _ = try await client.startJob(cloneRequest(instance: "i0", target: "Bad-Name")) } == .invalidArgument)
+            #expect(await statusCode { _ = try await client.startJob(cloneRequest(instance: "nowhere", target: "x")) } == .notFound)
+            var importRequest = StartJobRequest()
+            importRequest.import = ImportParams(artifactId: UUID().uuidString.lowercased(), targetInstance: "i0", targetTenant: "imp")
+            #expect(await statusCode { _ = try await client.startJob(importRequest) } == .unimplemented)
         }
-        #expect(watchUnknown == .notFound)
-        let watchMalformed = await statusCode {
-            for try await _ in try client.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: "not-a-uuid"), as: JobEvent.self) {}
-        }
-        #expect(watchMalformed == .invalidArgument)
-        #expect(await statusCode { _ = try await client.job(unknown) } == .notFound)
-        #expect(await statusCode { _ = try await client.job("1234") } == .invalidArgument)
-        #expect(await statusCode { _ = try await client.rerun(unknown) } == .notFound)
-
-        let running = try await client.startJob(cloneRequest(instance: "i0", target: "busy"))
-        #expect(await statusCode { _ = try await client.rerun(running.id!) } == .failedPrecondition)
-        _ = try await client.cancel(running.id!)
-        _ = try await client.waitFor(running.id!) { $0.status == .cancelled }
-
-        let quick = try await client.startJob(cloneRequest(instance: "i0", target: "quick"))
-        _ = try await client.cancel(quick.id!)
-        _ = try await client.waitFor(quick.id!) { $0.status == .cancelled }
-        let first = try await client.rerun(quick.id!)
-        // One rerun per job: the lineage stays a line.
-        #expect(await statusCode { _ = try await client.rerun(quick.id!) } == .failedPrecondition)
-        let succeeded = try await client.waitFor(first.id!, timeout: .seconds(30)) { $0.status == .succeeded }
-        #expect(await statusCode { _ = try await client.rerun(succeeded.id!) } == .failedPrecondition)
-
-        // Bad parameters, unknown instances and kinds this build lacks.
-        #expect(await statusCode { _ = try await client.startJob(StartJobRequest()) } == .invalidArgument)
-        #expect(await statusCode { _ = try await client.startJob(cloneRequest(instance: "i0", target: "Bad-Name")) } == .invalidArgument)
-        #expect(await statusCode { _ = try await client.startJob(cloneRequest(instance: "nowhere", target: "x")) } == .notFound)
-        var importRequest = StartJobRequest()
-        importRequest.import = ImportParams(artifactId: UUID().uuidString.lowercased(), targetInstance: "i0", targetTenant: "imp")
-        #expect(await statusCode { _ = try await client.startJob(importRequest) } == .unimplemented)
     }
 
     @Test func listJobsFiltersAndPages() async throws {
-        let replicas = try await Replicas.start(count: 1, instances: 2, jobMs: 50, jobSteps: 1)
-        defer { Task { _ = await replicas.stop() } }
-        let client = try await replicas.client(0)
-        defer { client.close() }
-        var ids: [String] = []
-        for k in 0..<7 {
-            let job = try await client.startJob(cloneRequest(instance: k < 5 ? "i0" : "i1", target: "l\(k)", queue: true))
-            ids.append(job.id!)
+        try await Replicas.with(count: 1, instances: 2, jobMs: 50, jobSteps: 1) { replicas in
+            let client = try await replicas.client(0)
+            defer { client.close() }
+            var ids: [String] = []
+            for k in 0..<7 {
+                let job = try await client.startJob(cloneRequest(instance: k < 5 ? "i0" : "i1", target: "l\(k)", queue: true))
+                ids.append(job.id!)
+            }
+            for id in ids { _ = try await client.waitFor(id) { $0.status == .succeeded } }
+            var pages: [[String]] = []
+            var token = ""
+            repeat {
+                var request = ListJobsRequest()
+                request.pageSize = 3
+                request.pageToken = token
+                let page: ListJobsResponse = try await client.unary(FerryMethod.listJobs.rawValue, request)
+                pages.append(page.jobs.compactMap(\.id))
+                token = page.nextPageToken ?? ""
+            } while !token.isEmpty
+            #expect(pages.map(\.count) == [3, 3, 1])
+            #expect(pages.flatMap { $0 } == ids.reversed(), "newest first, each job once")
+            var filtered = ListJobsRequest()
+            filtered.instance = "i1"
+            filtered.status = .succeeded
+            filtered.kind = .clone
+            let onI1: ListJobsResponse = try await client.unary(FerryMethod.listJobs.rawValue, filtered)
+            #expect(onI1.jobs.compactMap(\.id) == Array(ids.suffix(2).reversed()))
+            var bad = ListJobsRequest()
+            bad.pageToken = "garbage!"
+            #expect(await statusCode { let _: ListJobsResponse = try await client.unary(FerryMethod.listJobs.rawValue, bad) } == .invalidArgument)
         }
-        for id in ids { _ = try await client.waitFor(id) { $0.status == .succeeded } }
-        var pages: [[String]] = []
-        var token = ""
-        repeat {
-            var request = ListJobsRequest()
-            request.pageSize = 3
-            request.pageToken = token
-            let page: ListJobsResponse = try await client.unary(FerryMethod.listJobs.rawValue, request)
-            pages.append(page.jobs.compactMap(\.id))
-            token = page.nextPageToken ?? ""
-        } while !token.isEmpty
-        #expect(pages.map(\.count) == [3, 3, 1])
-        #expect(pages.flatMap { $0 } == ids.reversed(), "newest first, each job once")
-        var filtered = ListJobsRequest()
-        filtered.instance = "i1"
-        filtered.status = .succeeded
-        filtered.kind = .clone
-        let onI1: ListJobsResponse = try await client.unary(FerryMethod.listJobs.rawValue, filtered)
-        #expect(onI1.jobs.compactMap(\.id) == Array(ids.suffix(2).reversed()))
-        var bad = ListJobsRequest()
-        bad.pageToken = "garbage!"
-        #expect(await statusCode { let _: ListJobsResponse = try await client.unary(FerryMethod.listJobs.rawValue, bad) } == .invalidArgument)
     }
 
     @Test func instancesAreCheckedStoredWithoutPasswordsAndListTheirTenants() async throws {
-        let replicas = try await Replicas.start(count: 1, instances: 1)
-        defer { Task { _ = await replicas.stop() } }
-        let client = try await replicas.client(0)
-        defer { client.close() }
-        let url = try #require(replicas.instances["i0"])
-        try await url.withConnection(logger: logger) { connection in
-            for schema in ["acme", "globex", "_initech"] { try await connection.execute(PostgresQuery(unsafeSQL: "CREATE SCHEMA \(schema)"), logger: logger) }
-        }
-        let tenants: ListTenantsResponse = try await client.unary(FerryMethod.listTenants.rawValue, ListTenantsRequest(instanceId: "i0"))
-        #expect(tenants.tenants == ["_initech", "acme", "globex"])
-        #expect(await statusCode { let _: ListTenantsResponse = try await client.unary(FerryMethod.listTenants.rawValue, ListTenantsRequest(instanceId: "nope")) } == .notFound)
+        try await Replicas.with(count: 1, instances: 1) { replicas in
+            let client = try await replicas.client(0)
+            defer { client.close() }
+            let url = try #require(replicas.instances["i0"])
+            try await url.withConnection(logger: logger) { connection in
+                for schema in ["acme", "globex", "_initech"] { try await connection.execute(PostgresQuery(unsafeSQL: "CREATE SCHEMA \(schema)"), logger: logger) }
+            }
+            let tenants: ListTenantsResponse = try await client.unary(FerryMethod.listTenants.rawValue, ListTenantsRequest(instanceId: "i0"))
+            #expect(tenants.tenants == ["_initech", "acme", "globex"])
+            #expect(await statusCode { let _: ListTenantsResponse = try await client.unary(FerryMethod.listTenants.rawValue, ListTenantsRequest(instanceId: "nope")) } == .notFound)
 
-        // key=value DSNs work too; the password never comes back.
-        let keyValue = "host=\(url.host) port=\(url.port) user=\(url.user) password='\(url.password ?? "")' dbname=\(url.database) sslmode=disable"
-        let put: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "kv", dsn: keyValue))
-        #expect(put.instance?.hasPassword == true && (put.instance?.dsn ?? "").isEmpty)
-        let listed: ListInstancesResponse = try await client.unary(FerryMethod.listInstances.rawValue, ListInstancesRequest())
-        #expect(listed.instances.compactMap(\.id) == ["i0", "kv"])
-        #expect(listed.instances.allSatisfy { ($0.dsn ?? "").isEmpty })
+            // key=value DSNs work too; the password never comes back.
+            let keyValue = "host=\(url.host) port=\(url.port) user=\(url.user) password='\(url.password ?? "")' dbname=\(url.database) sslmode=disable"
+            let put: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "kv", dsn: keyValue))
+            #expect(put.instance?.hasPassword == true && (put.instance?.dsn ?? "").isEmpty)
+            let listed: ListInstancesResponse = try await client.unary(FerryMethod.listInstances.rawValue, ListInstancesRequest())
+            #expect(listed.instances.compactMap(\.id) == ["i0", "kv"])
+            #expect(listed.instances.allSatisfy { ($0.dsn ?? "").isEmpty })
 
-        // A DSN that does not connect is refused and not stored; nor is a malformed one.
-        var wrong = url
-        wrong.password = "wrong-password"
-        let refused = await statusCode {
-            let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "bad", dsn: wrong.secretURLString))
+            // A DSN that does not connect is refused and not stored; nor is a malformed one.
+            var wrong = url
+            wrong.password = "wrong-password"
+            let refused = await statusCode {
+                let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "bad", dsn: wrong.secretURLString))
+            }
+            #expect(refused == .failedPrecondition)
+            #expect(await statusCode { let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "bad", dsn: "host=")) } == .invalidArgument)
+            #expect(await statusCode { let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "Bad Id", dsn: url.secretURLString)) } == .invalidArgument)
+            let stored = try await replicas.query { try await $0.execute("SELECT count(*)::int FROM instances WHERE id = 'bad'", logger: logger).first!.decode(Int.self) }
+            #expect(stored == 0)
+            let output = replicas.servers[0].process.output
+            #expect(!output.contains(url.password ?? "#") && !output.contains("wrong-password"), "a password reached the log")
         }
-        #expect(refused == .failedPrecondition)
-        #expect(await statusCode { let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "bad", dsn: "host=")) } == .invalidArgument)
-        #expect(await statusCode { let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "Bad Id", dsn: url.secretURLString)) } == .invalidArgument)
-        let stored = try await replicas.query { try await $0.execute("SELECT count(*)::int FROM instances WHERE id = 'bad'", logger: logger).first!.decode(Int.self) }
-        #expect(stored == 0)
-        let output = replicas.servers[0].process.output
-        #expect(!output.contains(url.password ?? "#") && !output.contains("wrong-password"), "a password reached the log")
     }
 }
 

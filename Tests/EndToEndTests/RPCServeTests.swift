@@ -36,45 +36,46 @@ import Testing
     }
 
     @Test func theEmbeddedDefaultServesTLSWithAGeneratedCertificateAndAdminToken() async throws {
-        let server = try await ServingFerryd.start()
-        let caFile = try #require(server.ready["caFile"])
-        let tokenFile = try #require(server.ready["tokenFile"])
-        let directory = try #require(server.ready["embeddedDirectory"])
-        // Generated credentials live in the cluster directory and are private.
-        #expect(caFile.hasPrefix(directory) && tokenFile.hasPrefix(directory))
-        #expect(mode(tokenFile) == 0o600)
-        #expect(mode((caFile as NSString).deletingLastPathComponent + "/key.pem") == 0o600)
-        let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        try await ServingFerryd.with() { server in
+            let caFile = try #require(server.ready["caFile"])
+            let tokenFile = try #require(server.ready["tokenFile"])
+            let directory = try #require(server.ready["embeddedDirectory"])
+            // Generated credentials live in the cluster directory and are private.
+            #expect(caFile.hasPrefix(directory) && tokenFile.hasPrefix(directory))
+            #expect(mode(tokenFile) == 0o600)
+            #expect(mode((caFile as NSString).deletingLastPathComponent + "/key.pem") == 0o600)
+            let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
 
-        // The CLI: trusted by the generated certificate, and refused without it.
-        let health = try await ferry(["health", "--address", server.address, "--ca-file", caFile])
-        #expect(health.status == 0 && health.output == "SERVING\n", "\(health.output)")
-        let untrusted = try await ferry(["health", "--address", server.address])
-        #expect(untrusted.status == 1)
-        #expect(untrusted.output.contains("ferry: error: UNAVAILABLE") && untrusted.output.contains("not trusted"), "\(untrusted.output)")
+            // The CLI: trusted by the generated certificate, and refused without it.
+            let health = try await ferry(["health", "--address", server.address, "--ca-file", caFile])
+            #expect(health.status == 0 && health.output == "SERVING\n", "\(health.output)")
+            let untrusted = try await ferry(["health", "--address", server.address])
+            #expect(untrusted.status == 1)
+            #expect(untrusted.output.contains("ferry: error: UNAVAILABLE") && untrusted.output.contains("not trusted"), "\(untrusted.output)")
 
-        // Health needs no token; other methods need the generated one.
-        let anonymous = try await client(server, caFile: caFile, token: nil)
-        defer { anonymous.close() }
-        #expect(try await anonymous.check().status == .serving)
-        #expect(await code(anonymous, .listJobs) == .unauthenticated)
-        let admin = try await client(server, caFile: caFile, token: token)
-        // The role is enough; then the empty request itself is refused.
-        #expect(await code(admin, .putInstance) == .invalidArgument)
-        let wrong = try await client(server, caFile: caFile, token: "fy_not-the-token")
-        defer { wrong.close() }
-        #expect(await code(wrong, .getJob) == .unauthenticated)
+            // Health needs no token; other methods need the generated one.
+            let anonymous = try await client(server, caFile: caFile, token: nil)
+            defer { anonymous.close() }
+            #expect(try await anonymous.check().status == .serving)
+            #expect(await code(anonymous, .listJobs) == .unauthenticated)
+            let admin = try await client(server, caFile: caFile, token: token)
+            // The role is enough; then the empty request itself is refused.
+            #expect(await code(admin, .putInstance) == .invalidArgument)
+            let wrong = try await client(server, caFile: caFile, token: "fy_not-the-token")
+            defer { wrong.close() }
+            #expect(await code(wrong, .getJob) == .unauthenticated)
 
-        // SIGTERM: the open connection is told goaway, the process exits 0, and the
-        // generated key and token went with the cluster directory.
-        server.process.child.signal(SIGTERM)
-        for _ in 0..<100 where !admin.isGoingAway { try await Task.sleep(for: .milliseconds(100)) }
-        #expect(admin.isGoingAway)
-        admin.close()
-        let result = await server.stop()
-        #expect(result.status == 0, "\(result.output)")
-        #expect(!FileManager.default.fileExists(atPath: tokenFile))
-        #expect(!FileManager.default.fileExists(atPath: directory))
+            // SIGTERM: the open connection is told goaway, the process exits 0, and the
+            // generated key and token went with the cluster directory.
+            server.process.child.signal(SIGTERM)
+            for _ in 0..<100 where !admin.isGoingAway { try await Task.sleep(for: .milliseconds(100)) }
+            #expect(admin.isGoingAway)
+            admin.close()
+            let result = await server.stop()
+            #expect(result.status == 0, "\(result.output)")
+            #expect(!FileManager.default.fileExists(atPath: tokenFile))
+            #expect(!FileManager.default.fileExists(atPath: directory))
+        }
     }
 
     @Test func configuredCertificateAndTokensFileAndEnvironmentWithRoles() async throws {
@@ -108,52 +109,54 @@ import Testing
             "FERRY_DATABASE_URL": url.secretURLString,
             "FERRY_TOKENS": "# from the environment\r\n" + TokenStore.line(token: adminToken, principal: Principal(name: "ada", role: .admin)) + "\r\n",
         ]
-        let server = try await ServingFerryd.start(["--tls-cert", certificate, "--tls-key", key, "--tokens-file", tokensFile], environment: environment)
-        #expect(server.ready["caFile"] == certificate)
-        #expect(server.ready["tokenFile"] == nil, "no token is generated when tokens are configured")
+        try await ServingFerryd.with(["--tls-cert", certificate, "--tls-key", key, "--tokens-file", tokensFile], environment: environment) { server in
+            #expect(server.ready["caFile"] == certificate)
+            #expect(server.ready["tokenFile"] == nil, "no token is generated when tokens are configured")
 
-        let viewer = try await client(server, caFile: certificate, token: tokens["viewer"])
-        let operatorClient = try await client(server, caFile: certificate, token: tokens["operator"])
-        let admin = try await client(server, caFile: certificate, token: adminToken)
-        defer { for client in [viewer, operatorClient, admin] { client.close() } }
-        // Roles are checked before the request: an empty one is refused only once the role
-        // is enough.
-        #expect(await code(viewer, .getJob) == .invalidArgument)
-        #expect(await code(viewer, .startJob) == .permissionDenied)
-        #expect(await code(operatorClient, .startJob) == .invalidArgument)
-        #expect(await code(operatorClient, .putInstance) == .permissionDenied)
-        #expect(await code(admin, .putInstance) == .invalidArgument)
-        // ferryd itself has no job kinds yet (they come with the data mover): a well-formed
-        // StartJob is UNIMPLEMENTED, and nothing is admitted.
-        let clone: JSONValue = .object(["clone": .object([
-            "sourceInstance": .string("a"), "sourceTenant": .string("s"), "targetInstance": .string("b"), "targetTenant": .string("t"),
-        ])])
-        #expect(await code(operatorClient, .startJob, clone) == .unimplemented)
-        #expect(await code(admin, FerryMethod.healthCheck) == .ok)
+            let viewer = try await client(server, caFile: certificate, token: tokens["viewer"])
+            let operatorClient = try await client(server, caFile: certificate, token: tokens["operator"])
+            let admin = try await client(server, caFile: certificate, token: adminToken)
+            defer { for client in [viewer, operatorClient, admin] { client.close() } }
+            // Roles are checked before the request: an empty one is refused only once the role
+            // is enough.
+            #expect(await code(viewer, .getJob) == .invalidArgument)
+            #expect(await code(viewer, .startJob) == .permissionDenied)
+            #expect(await code(operatorClient, .startJob) == .invalidArgument)
+            #expect(await code(operatorClient, .putInstance) == .permissionDenied)
+            #expect(await code(admin, .putInstance) == .invalidArgument)
+            // ferryd itself has no job kinds yet (they come with the data mover): a well-formed
+            // StartJob is UNIMPLEMENTED, and nothing is admitted.
+            let clone: JSONValue = .object(["clone": .object([
+                "sourceInstance": .string("a"), "sourceTenant": .string("s"), "targetInstance": .string("b"), "targetTenant": .string("t"),
+            ])])
+            #expect(await code(operatorClient, .startJob, clone) == .unimplemented)
+            #expect(await code(admin, FerryMethod.healthCheck) == .ok)
 
-        let result = await server.stop()
-        #expect(result.status == 0, "\(result.output)")
-        #expect(FileManager.default.fileExists(atPath: certificate), "configured files are never removed")
+            let result = await server.stop()
+            #expect(result.status == 0, "\(result.output)")
+            #expect(FileManager.default.fileExists(atPath: certificate), "configured files are never removed")
+        }
     }
 
     @Test func clientCertificatesAreRequiredWhenAClientCAIsSet() async throws {
         let files = FileManager.default.temporaryDirectory.path + "/ferry-mtls-\(UUID().uuidString.prefix(8))"
         defer { try? FileManager.default.removeItem(atPath: files) }
         let clientFiles = try SelfSignedCertificate.generate(commonName: "ferry-client").write(to: files + "/client")
-        let server = try await ServingFerryd.start(["--tls-client-ca", clientFiles.certificate])
-        let caFile = try #require(server.ready["caFile"])
+        try await ServingFerryd.with(["--tls-client-ca", clientFiles.certificate]) { server in
+            let caFile = try #require(server.ready["caFile"])
 
-        let withCertificate = try await ferry(["health", "--address", server.address, "--ca-file", caFile,
-                                               "--client-cert", clientFiles.certificate, "--client-key", clientFiles.key])
-        #expect(withCertificate.status == 0 && withCertificate.output == "SERVING\n", "\(withCertificate.output)")
-        let without = try await ferry(["health", "--address", server.address, "--ca-file", caFile])
-        #expect(without.status == 1 && without.output.contains("ferry: error: UNAVAILABLE"), "\(without.output)")
-        // A certificate the server does not trust is refused too.
-        let strangerFiles = try SelfSignedCertificate.generate(commonName: "stranger").write(to: files + "/stranger")
-        let stranger = try await ferry(["health", "--address", server.address, "--ca-file", caFile,
-                                        "--client-cert", strangerFiles.certificate, "--client-key", strangerFiles.key])
-        #expect(stranger.status == 1, "\(stranger.output)")
-        #expect(await server.stop().status == 0)
+            let withCertificate = try await ferry(["health", "--address", server.address, "--ca-file", caFile,
+                                                   "--client-cert", clientFiles.certificate, "--client-key", clientFiles.key])
+            #expect(withCertificate.status == 0 && withCertificate.output == "SERVING\n", "\(withCertificate.output)")
+            let without = try await ferry(["health", "--address", server.address, "--ca-file", caFile])
+            #expect(without.status == 1 && without.output.contains("ferry: error: UNAVAILABLE"), "\(without.output)")
+            // A certificate the server does not trust is refused too.
+            let strangerFiles = try SelfSignedCertificate.generate(commonName: "stranger").write(to: files + "/stranger")
+            let stranger = try await ferry(["health", "--address", server.address, "--ca-file", caFile,
+                                            "--client-cert", strangerFiles.certificate, "--client-key", strangerFiles.key])
+            #expect(stranger.status == 1, "\(stranger.output)")
+            #expect(await server.stop().status == 0)
+        }
     }
 
     /// Bad TLS or token configuration stops start-up with one line, before anything is created.

@@ -126,6 +126,23 @@ public struct ServingFerryd: Sendable {
         throw SystemProcess.Failure(message: "ferryd did not become ready: \(result.output)")
     }
 
+    /// Starts a server, runs `body`, and stops it whatever happens (stopping twice is
+    /// harmless, so `body` may stop it itself to look at how it ended).
+    public static func with<T: Sendable>(
+        _ arguments: [String] = [], environment: [String: String] = [:], binary: String = FerryBinaries.ferryd,
+        _ body: (ServingFerryd) async throws -> T
+    ) async throws -> T {
+        let server = try await start(arguments, environment: environment, binary: binary)
+        do {
+            let result = try await body(server)
+            _ = await server.stop()
+            return result
+        } catch {
+            _ = await server.stop()
+            throw error
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit; removes the scratch directory.
     public func stop(timeout: Duration = .seconds(60)) async -> ProcessResult {
         process.child.signal(SIGTERM)

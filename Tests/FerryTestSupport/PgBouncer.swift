@@ -1,6 +1,7 @@
 import ControlDatabase
 import EmbeddedPostgres
 import Foundation
+import Synchronization
 
 /// A real PgBouncer in front of a test cluster, in the pool mode a test asks for.
 public final class PgBouncer: Sendable {
@@ -81,7 +82,15 @@ public final class PgBouncer: Sendable {
         throw SystemProcess.Failure(message: "pgbouncer did not start: \(log.suffix(500))")
     }
 
+    private let stopped = Mutex(false)
+
+    /// Stops PgBouncer and its guardian. Idempotent: the guardian's lifeline descriptor is
+    /// closed once only (closing a number twice could close whatever reused it).
     public func stop() async {
+        guard stopped.withLock({ wasStopped in
+            defer { wasStopped = true }
+            return !wasStopped
+        }) else { return }
         process.signal(SIGTERM)
         _ = await process.wait()
         await SystemProcess.dismiss(guardian)
