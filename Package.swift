@@ -39,6 +39,7 @@ let package = Package(
         .target(
             name: "FerryRPC",
             dependencies: [
+                "FerryCore",
                 "FerryProtocol",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -56,6 +57,7 @@ let package = Package(
         .target(
             name: "FerryClient",
             dependencies: [
+                "FerryCore",
                 "FerryProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -90,6 +92,7 @@ let package = Package(
         .target(
             name: "JobStore",
             dependencies: [
+                "FerryCore",
                 "ControlDatabase",
                 "FerryProtocol",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
@@ -105,6 +108,7 @@ let package = Package(
         .target(
             name: "Coordinator",
             dependencies: [
+                "FerryCore",
                 "JobStore",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

@@ -1,3 +1,4 @@
+import FerryCore
 import Logging
 import PostgresNIO
 
@@ -30,7 +31,7 @@ public struct LeaseLock: Sendable {
     }
 
     private var durationMilliseconds: Int {
-        Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
+        Int(duration.wholeMilliseconds)
     }
 
     /// `$1` name, `$2` owner, `$3` lifetime in milliseconds.

@@ -1,3 +1,4 @@
+import FerryCore
 import Foundation
 import Logging
 import PostgresNIO
@@ -419,8 +420,7 @@ public struct Migrator: Sendable {
     }
 
     private static func milliseconds(since start: ContinuousClock.Instant) -> Int {
-        let elapsed = ContinuousClock.now - start
-        return Int(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)
+        Int((ContinuousClock.now - start).wholeMilliseconds)
     }
 
     private static func innermost(_ error: any Error) -> any Error {

@@ -137,15 +137,15 @@ public actor Coordinator {
     public func promoteQueued() async throws -> Int {
         let queued = try await withConnection { connection in
             try await connection.execute("""
-                SELECT j.id, j.queued_at, array_agg(DISTINCT ji.instance_id ORDER BY ji.instance_id)
+                SELECT j.id, array_agg(DISTINCT ji.instance_id ORDER BY ji.instance_id)
                   FROM jobs j JOIN job_instances ji ON ji.job_id = j.id
                  WHERE j.status = 'QUEUED'
                  GROUP BY j.id, j.queued_at ORDER BY j.queued_at, j.id LIMIT 500
-                """, logger: logger).map { try $0.decode((UUID, Date, [String]).self) }
+                """, logger: logger).map { try $0.decode((UUID, [String]).self) }
         }
         var blocked = Set<String>()
         var admitted = 0
-        for (id, _, instances) in queued {
+        for (id, instances) in queued {
             if !blocked.isDisjoint(with: instances) {
                 blocked.formUnion(instances)
                 continue

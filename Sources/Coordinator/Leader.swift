@@ -1,4 +1,5 @@
 import ControlDatabase
+import FerryCore
 import FerryProtocol
 import Foundation
 import JobStore
@@ -71,7 +72,7 @@ public final class Leader: Service, Sendable {
 
     /// Fails the RUNNING jobs whose heartbeat stopped; returns how many.
     func rescue() async throws -> Int {
-        let timeoutMs = Int(configuration.heartbeatTimeout.components.seconds * 1000 + configuration.heartbeatTimeout.components.attoseconds / 1_000_000_000_000_000)
+        let timeoutMs = Int(configuration.heartbeatTimeout.wholeMilliseconds)
         return try await client.withConnection { connection in
             let stale = try await connection.execute("""
                 SELECT id, owner FROM jobs

@@ -1,3 +1,4 @@
+import FerryCore
 import FerryProtocol
 import Foundation
 import NIOCore
@@ -74,7 +75,7 @@ public final class FerryClient: Sendable {
         let sniName: String? = serverName.allSatisfy { $0.isNumber || $0 == "." || $0 == ":" } ? nil : serverName
         let handshake = Mutex<EventLoopPromise<Void>?>(nil)
         let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(TimeAmount.nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000))
+            .connectTimeout(.nanoseconds(configuration.connectTimeout.wholeNanoseconds))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -163,7 +164,7 @@ public final class FerryClient: Sendable {
         }
         var timeoutMs: Int64?
         if let timeout {
-            timeoutMs = max(0, Int64(timeout.components.seconds) * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+            timeoutMs = max(0, timeout.wholeMilliseconds)
             // If the server never answers (it died), fail locally a little after the deadline.
             let grace = TimeAmount.milliseconds(timeoutMs! + 2000)
             channel.eventLoop.scheduleTask(in: grace) {

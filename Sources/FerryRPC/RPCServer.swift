@@ -1,3 +1,4 @@
+import FerryCore
 import FerryProtocol
 import Logging
 import NIOCore
@@ -156,7 +157,6 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
 
 extension TimeAmount {
     init(_ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+        self = .nanoseconds(duration.wholeNanoseconds)
     }
 }

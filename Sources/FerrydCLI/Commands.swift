@@ -2,8 +2,8 @@ import ArgumentParser
 import ControlDatabase
 import EmbeddedPostgres
 import FerryCore
-import FerryRPC
 import FerryProtocol
+import FerryRPC
 import FerryServer
 import Foundation
 import Logging
@@ -295,12 +295,10 @@ struct Settings {
     func address(_ flag: String?, flag name: String, variable: String) throws(StartupError) -> (String, Int)? {
         guard let address = string(flag, variable) else { return nil }
         let source = flag != nil ? name : variable
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),
-              (0...65535).contains(port), colon != address.startIndex
-        else {
+        guard let (host, port) = parseHostPort(address) else {
             throw StartupError("invalid \(source): '\(address)' is not host:port")
         }
-        return (String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")), port)
+        return (host, port)
     }
 }
 

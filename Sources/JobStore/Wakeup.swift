@@ -1,3 +1,4 @@
+import FerryCore
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -40,10 +41,7 @@ public final class Wakeup: Sendable {
                         return true
                     }
                     state.waiter = continuation
-                    let (seconds, attoseconds) = timeout.components
-                    state.timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(
-                        in: .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-                    ) { [weak self] in self?.signal() }
+                    state.timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: .nanoseconds(timeout.wholeNanoseconds)) { [weak self] in self?.signal() }
                     return false
                 }
                 if resumeNow { continuation.resume() }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FerryClient
+import FerryCore
 import FerryProtocol
 import Foundation
 
@@ -72,7 +73,7 @@ struct BenchRPC: AsyncParsableCommand {
                             do {
                                 _ = try await client.check(timeout: .seconds(30))
                                 if started >= measureFrom {
-                                    result.latencies.append(UInt64((clock.now - started).nanoseconds))
+                                    result.latencies.append(UInt64((clock.now - started).wholeNanoseconds))
                                 }
                             } catch {
                                 if started >= measureFrom { result.errors[String(describing: error).prefix(120).description, default: 0] += 1 }
@@ -143,12 +144,5 @@ enum ServerMemory {
         }
         guard let peak = field("VmHWM"), let current = field("VmRSS") else { return nil }
         return (peak, current)
-    }
-}
-
-extension Duration {
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 }

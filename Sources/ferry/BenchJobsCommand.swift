@@ -1,5 +1,6 @@
 import ArgumentParser
 import FerryClient
+import FerryCore
 import FerryProtocol
 import Foundation
 
@@ -221,7 +222,7 @@ struct BenchJobs: AsyncParsableCommand {
     }
 
     private func format(_ duration: Duration) -> String {
-        String(format: "%.1f ms", Double(duration.nanoseconds) / 1e6)
+        String(format: "%.1f ms", Double(duration.wholeNanoseconds) / 1e6)
     }
 }
 

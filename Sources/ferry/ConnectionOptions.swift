@@ -1,5 +1,6 @@
 import ArgumentParser
 import FerryClient
+import FerryCore
 import Foundation
 
 /// How to reach ferryd; every flag falls back to its environment variable.
@@ -33,12 +34,9 @@ struct ConnectionOptions: ParsableArguments {
             flag ?? environment[variable].flatMap { $0.isEmpty ? nil : $0 }
         }
         let text = setting(address, "FERRY_ADDRESS") ?? "127.0.0.1:7443"
-        guard let colon = text.lastIndex(of: ":"), colon != text.startIndex,
-              let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port)
-        else {
+        guard let (host, port) = parseHostPort(text, ports: 1...65535) else {
             throw CLIError("invalid address '\(text)': expected host:port")
         }
-        let host = String(text[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
         var token = environment["FERRY_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
         if let file = setting(tokenFile, "FERRY_TOKEN_FILE") {
             guard let data = FileManager.default.contents(atPath: file), let text = String(data: data, encoding: .utf8) else {
