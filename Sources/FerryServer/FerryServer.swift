@@ -102,9 +102,14 @@ public enum FerryServer {
         let engine = JobEngine(configuration, url: url, client: client, logger: logger)
 
         // The ready file is written once both listeners are bound.
-        let bound = Mutex<(rpc: String?, ops: String?)>((nil, nil))
+        // The two listeners bind concurrently; whichever completes the pair announces, once.
+        let bound = Mutex<(rpc: String?, ops: String?, announced: Bool)>((nil, nil, false))
         let announce: @Sendable () throws -> Void = {
-            guard case let (rpc?, ops?) = bound.withLock({ $0 }) else { return }
+            guard case let (rpc?, ops?) = bound.withLock({ state -> (String?, String?) in
+                guard let rpc = state.rpc, let ops = state.ops, !state.announced else { return (nil, nil) }
+                state.announced = true
+                return (rpc, ops)
+            }) else { return }
             logger.notice("ferryd is serving", metadata: [
                 "address": "\(rpc)", "ops": "\(ops)", "database": "\(url)",
                 "ca_file": "\(credentials.certificateFile)",

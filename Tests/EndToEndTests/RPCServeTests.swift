@@ -135,6 +135,9 @@ import Testing
             let result = await server.stop()
             #expect(result.status == 0, "\(result.output)")
             #expect(FileManager.default.fileExists(atPath: certificate), "configured files are never removed")
+            // Both listeners bind at once; exactly one of them announces and writes the ready
+            // file (two writers once raced on its temporary file and ended the server).
+            #expect(result.output.components(separatedBy: "ferryd is serving").count == 2, "\(result.output)")
         }
     }
 
