@@ -21,21 +21,25 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // Shared by every executable: the version and small value types.
         .target(name: "FerryCore"),
 
-        // The ferry/1 wire protocol shared by server and client: frames, framing, status
-        // codes, and the message types of proto/ferry/v1.
+        // The ferry/1 wire protocol shared by server and client: frames and their codecs, the
+        // JSON envelope reader, status codes, method descriptors, and the message types
+        // generated from proto/ferry/v1 (scripts/generate-proto).
         .target(
             name: "FerryProtocol",
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
 
-        // The RPC server: TLS, connections, streams, limits, authentication, method routing.
+        // The RPC server: TLS, connections (a pure state machine and the I/O that performs it),
+        // streams, limits, middleware (authentication, logging, metrics, deadlines), routing.
         .target(
             name: "FerryRPC",
             dependencies: [
@@ -43,6 +47,8 @@ let package = Package(
                 "FerryProtocol",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -62,6 +68,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
 
@@ -92,6 +100,7 @@ let package = Package(
         .target(
             name: "JobStore",
             dependencies: [
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 "FerryCore",
                 "ControlDatabase",
                 "FerryProtocol",
@@ -133,6 +142,7 @@ let package = Package(
         .target(
             name: "FerryServer",
             dependencies: [
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 "FerryCore",
                 "ControlDatabase",
                 "EmbeddedPostgres",
@@ -182,6 +192,7 @@ let package = Package(
         .executableTarget(
             name: "ferry",
             dependencies: [
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 "FerryCore",
                 "FerryClient",
                 "FerryProtocol",
@@ -204,11 +215,11 @@ let package = Package(
 
         .testTarget(
             name: "FerryProtocolTests",
-            dependencies: ["FerryProtocol", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")]
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf"), "FerryProtocol", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")]
         ),
         .testTarget(
             name: "FerryRPCTests",
-            dependencies: ["FerryRPC", "FerryClient", "FerryProtocol", "FerryTestSupport",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf"), "FerryRPC", "FerryClient", "FerryProtocol", "FerryTestSupport",
                            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
                            .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl")]
         ),
@@ -222,13 +233,15 @@ let package = Package(
         ),
         .testTarget(
             name: "JobEngineTests",
-            dependencies: ["JobStore", "Watch", "Coordinator", "Executors", "ControlDatabase", "FerryProtocol", "FerryTestSupport",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf"), "JobStore", "Watch", "Coordinator", "Executors", "ControlDatabase", "FerryProtocol", "FerryTestSupport",
                            .product(name: "PostgresNIO", package: "postgres-nio")]
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["ferryd", "ferry", "ferryd-test", "FerryCore", "ControlDatabase", "EmbeddedPostgres", "FerryTestSupport",
-                           "FerryClient", "FerryProtocol", "FerryRPC"]
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf"), "ferryd", "ferry", "ferryd-test", "FerryCore", "ControlDatabase", "EmbeddedPostgres", "FerryTestSupport",
+                           "FerryClient", "FerryProtocol", "FerryRPC",
+                           .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                           .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOTLS", package: "swift-nio")]
         ),
     ]
 )

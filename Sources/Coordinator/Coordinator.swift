@@ -156,7 +156,7 @@ public actor Coordinator {
                     try await lock(instances, on: connection)
                     let current = try await connection.execute("SELECT status FROM jobs WHERE id = \(id) FOR UPDATE", logger: logger)
                     // Cancelled or admitted by another replica meanwhile: it blocks nobody.
-                    guard try current.first?.decode(String.self) == JobStatus.queued.rawValue else { return .gone }
+                    guard try current.first?.decode(String.self) == JobStatus.queued.name else { return .gone }
                     let touches = try await connection.execute(
                         "SELECT instance_id, tenant, writes FROM job_instances WHERE job_id = \(id)", logger: logger
                     ).map { row in
@@ -277,7 +277,7 @@ public actor Coordinator {
     /// RerunJob works from FAILED or CANCELLED only.
     public static func checkRerunnable(_ job: JobRecord) throws {
         guard job.status == .failed || job.status == .cancelled else {
-            throw RPCError(.failedPrecondition, "job \(job.id.uuidString.lowercased()) is \(job.status.rawValue); only FAILED or CANCELLED jobs can be rerun")
+            throw RPCError(.failedPrecondition, "job \(job.id.uuidString.lowercased()) is \(job.status.name); only FAILED or CANCELLED jobs can be rerun")
         }
     }
 

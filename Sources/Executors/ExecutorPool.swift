@@ -158,7 +158,7 @@ public final class ExecutorPool: Service, Sendable {
             return logger
         }()
         defer { running.withLock { $0[id] = nil } }
-        jobLogger.info("job started", metadata: ["kind": "\(record.kind.rawValue)", "attempt": "\(record.attempt)"])
+        jobLogger.info("job started", metadata: ["kind": "\(record.kind.name)", "attempt": "\(record.attempt)"])
 
         let outcome: (status: JobStatus, error: JobError?)
         if let runner = runners.runner(for: record.kind) {
@@ -190,7 +190,7 @@ public final class ExecutorPool: Service, Sendable {
             await writeProgress(job, logger: jobLogger)
             outcome = Self.outcome(result, reason: job.reason.withLock { $0 })
         } else {
-            outcome = (.failed, JobError(code: StatusCode.unimplemented.rawValue, message: "job kind \(record.kind.rawValue) is not available on replica \(replica)", retryable: true))
+            outcome = (.failed, JobError(code: StatusCode.unimplemented.rawValue, message: "job kind \(record.kind.name) is not available on replica \(replica)", retryable: true))
         }
 
         if job.reason.withLock({ $0 }) == .lost {
@@ -240,9 +240,9 @@ public final class ExecutorPool: Service, Sendable {
                     try await JobStore.finish(id, owner: replica, status: outcome.status, error: outcome.error, on: connection, logger: logger)
                 }
                 if record == nil {
-                    logger.warning("job was already ended elsewhere; its outcome here is dropped", metadata: ["status": "\(outcome.status.rawValue)"])
+                    logger.warning("job was already ended elsewhere; its outcome here is dropped", metadata: ["status": "\(outcome.status.name)"])
                 } else {
-                    logger.info("job ended", metadata: ["status": "\(outcome.status.rawValue)", "error": "\(outcome.error?.message ?? "")"])
+                    logger.info("job ended", metadata: ["status": "\(outcome.status.name)", "error": "\(outcome.error?.message ?? "")"])
                 }
                 return
             } catch {

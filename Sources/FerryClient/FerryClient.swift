@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import NIOTLS
+import SwiftProtobuf
 import Synchronization
 
 /// Where and how to reach a `ferryd`.
@@ -83,7 +84,8 @@ public final class FerryClient: Sendable {
                     handshake.withLock { $0 = promise }
                     let verification = try NIOSSLClientHandler(context: sslContext, serverHostname: sniName)
                     try channel.pipeline.syncOperations.addHandler(verification)
-                    try channel.pipeline.syncOperations.addHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes))
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder<ServerFrame>(maxFrameBytes: configuration.maxFrameBytes)))
+                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder<ClientFrame>()))
                     try channel.pipeline.syncOperations.addHandler(ClientFrameHandler(calls: calls, handshake: promise))
                 }
             }
@@ -117,64 +119,71 @@ public final class FerryClient: Sendable {
 
     // MARK: Calls
 
-    /// Calls a unary method with a typed request and response.
-    public func unary<Request: Encodable & Sendable, Response: Decodable & Sendable>(
-        _ method: String, _ request: Request, as response: Response.Type = Response.self,
+    /// Calls a unary method.
+    public func unary<Request, Response>(
+        _ method: UnaryMethod<Request, Response>, _ request: Request,
         timeout: Duration? = nil, metadata: [String: String] = [:]
     ) async throws -> Response {
         var result: Response?
-        for try await message in call(method, message: try JSONValue.encoding(request), timeout: timeout, metadata: metadata) {
-            guard result == nil else { throw RPCError(.internal, "\(method) sent more than one response") }
+        for try await message in call(method.info.name, message: try encode(request), timeout: timeout, metadata: metadata) {
+            guard result == nil else { throw RPCError(.internal, "\(method.info.name) sent more than one response") }
             result = try decode(message, as: Response.self)
         }
-        guard let result else { throw RPCError(.internal, "\(method) ended OK without a response") }
+        guard let result else { throw RPCError(.internal, "\(method.info.name) ended OK without a response") }
         return result
     }
 
     /// Calls a server-streaming method; the sequence ends when the server sends status OK.
-    public func serverStream<Request: Encodable & Sendable, Response: Decodable & Sendable>(
-        _ method: String, _ request: Request, as response: Response.Type = Response.self,
+    public func serverStream<Request, Response>(
+        _ method: ServerStreamingMethod<Request, Response>, _ request: Request,
         timeout: Duration? = nil, metadata: [String: String] = [:]
-    ) throws -> AsyncThrowingMapSequence<AsyncThrowingStream<JSONValue, any Error>, Response> {
-        call(method, message: try JSONValue.encoding(request), timeout: timeout, metadata: metadata).map { message in
+    ) throws -> AsyncThrowingMapSequence<AsyncThrowingStream<ByteBuffer, any Error>, Response> {
+        call(method.info.name, message: try encode(request), timeout: timeout, metadata: metadata).map { message in
             try self.decode(message, as: Response.self)
         }
     }
 
-    /// The raw call: JSON request in, JSON response messages out.
+    /// The raw call: any method name, the request as JSON, the responses as JSON text.
+    public func call(_ method: String, json: JSONValue, timeout: Duration? = nil, metadata: [String: String] = [:]) -> AsyncThrowingStream<ByteBuffer, any Error> {
+        var message = ByteBuffer()
+        message.writeJSON(json)
+        return call(method, message: message, timeout: timeout, metadata: metadata)
+    }
+
+    /// The raw call: the request's JSON text in, the responses' JSON text out.
     ///
     /// The stream finishes after status OK and throws ``RPCError`` for any other status.
     /// Dropping or cancelling the consumer sends `cancel` to the server.
-    public func call(_ method: String, message: JSONValue, timeout: Duration? = nil, metadata: [String: String] = [:]) -> AsyncThrowingStream<JSONValue, any Error> {
+    public func call(_ method: String, message: ByteBuffer, timeout: Duration? = nil, metadata: [String: String] = [:]) -> AsyncThrowingStream<ByteBuffer, any Error> {
         var metadata = metadata
         if let token = configuration.token, metadata["authorization"] == nil {
             metadata["authorization"] = "Bearer \(token)"
         }
-        let (stream, continuation) = AsyncThrowingStream<JSONValue, any Error>.makeStream()
+        let (stream, continuation) = AsyncThrowingStream<ByteBuffer, any Error>.makeStream()
         guard let id = calls.open(continuation) else {
             continuation.finish(throwing: RPCError(.unavailable, calls.closedReason))
             return stream
         }
         let channel = self.channel
         let calls = self.calls
-        continuation.onTermination = { termination in
-            if case .cancelled = termination, calls.abandon(id) {
-                channel.writeAndFlush(encodeFrame(ClientFrame.cancel(stream: id).json), promise: nil)
-            }
-        }
-        var timeoutMs: Int64?
-        if let timeout {
-            timeoutMs = max(0, timeout.wholeMilliseconds)
-            // If the server never answers (it died), fail locally a little after the deadline.
-            let grace = TimeAmount.milliseconds(timeoutMs! + 2000)
-            channel.eventLoop.scheduleTask(in: grace) {
+        let timeoutMs = timeout.map { max(0, $0.wholeMilliseconds) }
+        // If the server never answers (it died), fail locally a little after the deadline.
+        let grace = timeoutMs.map { timeoutMs in
+            channel.eventLoop.scheduleTask(in: .milliseconds(timeoutMs + 2000)) {
                 if calls.fail(id, RPCError(.deadlineExceeded, "no answer from the server within the deadline")) {
-                    channel.writeAndFlush(encodeFrame(ClientFrame.cancel(stream: id).json), promise: nil)
+                    channel.writeAndFlush(ClientFrame.cancel(stream: id), promise: nil)
                 }
             }
         }
+        continuation.onTermination = { termination in
+            // The timer goes with the call, so calls with long deadlines hold no memory after.
+            grace?.cancel()
+            if case .cancelled = termination, calls.abandon(id) {
+                channel.writeAndFlush(ClientFrame.cancel(stream: id), promise: nil)
+            }
+        }
         let frame = ClientFrame.call(.init(stream: id, method: method, metadata: metadata, timeoutMs: timeoutMs, message: message))
-        channel.writeAndFlush(encodeFrame(frame.json)).whenFailure { error in
+        channel.writeAndFlush(frame).whenFailure { error in
             _ = calls.fail(id, RPCError(.unavailable, "cannot send the call: \(error)"))
         }
         return stream
@@ -188,16 +197,24 @@ public final class FerryClient: Sendable {
                 continuation.resume(throwing: RPCError(.unavailable, calls.closedReason))
                 return
             }
-            channel.writeAndFlush(encodeFrame(ClientFrame.ping(data: data).json), promise: nil)
+            channel.writeAndFlush(ClientFrame.ping(data: data), promise: nil)
         }
         return ContinuousClock.now - started
     }
 
-    private func decode<T: Decodable>(_ message: JSONValue, as type: T.Type) throws -> T {
+    private func encode<M: SwiftProtobuf.Message>(_ request: M) throws -> ByteBuffer {
         do {
-            return try message.decode(T.self)
+            return try MessageCoding.encode(request)
         } catch {
-            throw RPCError(.internal, "cannot decode the server's \(T.self): \(error)")
+            throw RPCError(.invalidArgument, "cannot encode the request: \(error)")
+        }
+    }
+
+    private func decode<M: SwiftProtobuf.Message>(_ message: ByteBuffer, as type: M.Type) throws -> M {
+        do {
+            return try MessageCoding.decode(M.self, from: message)
+        } catch {
+            throw RPCError(.internal, "cannot decode the server's \(M.protoMessageName): \(error)")
         }
     }
 }
@@ -205,7 +222,7 @@ public final class FerryClient: Sendable {
 extension FerryClient {
     /// `ferry.v1.Health/Check`.
     public func check(timeout: Duration? = nil) async throws -> HealthCheckResponse {
-        try await unary(FerryMethod.healthCheck.rawValue, HealthCheckRequest(), timeout: timeout)
+        try await unary(FerryMethods.healthCheck, HealthCheckRequest(), timeout: timeout)
     }
 }
 
@@ -213,7 +230,7 @@ extension FerryClient {
 final class CallTable: Sendable {
     private struct State {
         var nextID: Int32 = 1
-        var open: [Int32: AsyncThrowingStream<JSONValue, any Error>.Continuation] = [:]
+        var open: [Int32: AsyncThrowingStream<ByteBuffer, any Error>.Continuation] = [:]
         var pongs: [String: [CheckedContinuation<Void, any Error>]] = [:]
         var goawayLastStream: Int32?
         var closedReason: String?
@@ -223,7 +240,7 @@ final class CallTable: Sendable {
     var isGoingAway: Bool { state.withLock { $0.goawayLastStream != nil || $0.closedReason != nil } }
     var closedReason: String { state.withLock { $0.closedReason ?? "the server sent goaway" } }
 
-    func open(_ continuation: AsyncThrowingStream<JSONValue, any Error>.Continuation) -> Int32? {
+    func open(_ continuation: AsyncThrowingStream<ByteBuffer, any Error>.Continuation) -> Int32? {
         state.withLock { state in
             guard state.closedReason == nil, state.goawayLastStream == nil, state.nextID < Int32.max else { return nil }
             let id = state.nextID
@@ -266,7 +283,7 @@ final class CallTable: Sendable {
             waiter?.resume()
         case .goaway(let code, let message, let lastStream):
             // Streams after lastStream will never be answered.
-            let refused = state.withLock { state -> [AsyncThrowingStream<JSONValue, any Error>.Continuation] in
+            let refused = state.withLock { state -> [AsyncThrowingStream<ByteBuffer, any Error>.Continuation] in
                 state.goawayLastStream = lastStream
                 let ids = state.open.keys.filter { $0 > lastStream }
                 return ids.compactMap { state.open.removeValue(forKey: $0) }
@@ -302,7 +319,7 @@ final class CallTable: Sendable {
 
 /// Routes server frames to their calls; a broken frame closes the connection.
 final class ClientFrameHandler: ChannelInboundHandler {
-    typealias InboundIn = FrameEvent
+    typealias InboundIn = FrameEvent<ServerFrame>
     private let calls: CallTable
     private let handshake: EventLoopPromise<Void>
     private var lastGoaway: String?
@@ -314,16 +331,10 @@ final class ClientFrameHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
-        case .frame(let body):
-            switch ServerFrame.parse(body) {
-            case .success(let frame):
-                if case .goaway(let code, let message, _) = frame { lastGoaway = "\(code.rawValue): \(message)" }
-                calls.deliver(frame)
-            case .failure(let error):
-                calls.closeAll("the server sent a malformed frame: \(error)")
-                context.close(promise: nil)
-            }
-        case .violation(_, let message):
+        case .frame(let frame):
+            if case .goaway(let code, let message, _) = frame { lastGoaway = "\(code.rawValue): \(message)" }
+            calls.deliver(frame)
+        case .invalidCall(_, _, let message), .violation(_, let message):
             calls.closeAll("the server broke the framing rules: \(message)")
             context.close(promise: nil)
         case .idle:

@@ -4,285 +4,333 @@ import NIOCore
 import ServiceLifecycle
 import Synchronization
 
-/// One client connection: reads frames, runs each call's handler in a child task, and ends
-/// every stream with exactly one `status`.
+/// One client connection: performs what its ``ConnectionStateMachine`` decides. It reads
+/// typed frames, runs each call through the middleware to its handler in a child task, and
+/// is the one owner of the channel's writes: every frame goes through ``write(_:for:)`` or
+/// ``forceWrite(_:)``, under the connection's lock, so a stream's status is never overtaken
+/// by one of its messages and the outbound buffer stays bounded.
 ///
-/// Writes go straight to the channel (`writeAndFlush`) under the stream's lock, so a stream's
-/// status can never be overtaken by one of its messages; awaiting each write's completion
-/// gives a streaming handler backpressure from a slow reader.
-struct Connection: Sendable {
+/// Memory one connection can hold: inbound, the decoder's partial frame plus the frames
+/// waiting for the read loop (at most `inboundFramesBuffered`), each at most
+/// `maxFrameBytes`; outbound, `outboundBufferBytes` plus one frame, plus one status per
+/// admitted stream. A client that does not read stops being read.
+final class Connection: Sendable {
     let channel: any Channel
     let configuration: RPCServerConfiguration
     let router: MethodRouter
-    let tokens: TokenStore
+    let chain: @Sendable (RPCContext) async throws -> Void
     let logger: Logger
-    private let state = ConnectionState()
+    let gauges: ConnectionGauges
 
-    init(channel: any Channel, configuration: RPCServerConfiguration, router: MethodRouter, tokens: TokenStore, logger: Logger) {
+    private struct State {
+        var machine: ConnectionStateMachine<StreamControl>
+        var writers: [Int: CheckedContinuation<Void, any Error>] = [:]
+    }
+    private let state: Mutex<State>
+
+    init(channel: any Channel, configuration: RPCServerConfiguration, router: MethodRouter,
+         chain: @escaping @Sendable (RPCContext) async throws -> Void, logger: Logger, gauges: ConnectionGauges) {
         self.channel = channel
         self.configuration = configuration
         self.router = router
-        self.tokens = tokens
+        self.chain = chain
         self.logger = logger
+        self.gauges = gauges
+        state = Mutex(State(machine: ConnectionStateMachine(
+            maxConcurrentStreams: configuration.maxConcurrentStreams, outboundLimit: configuration.outboundBufferBytes)))
     }
 
     /// Serves until the peer closes, or until a `goaway` has drained.
-    func run(_ inbound: NIOAsyncChannelInboundStream<FrameEvent>) async {
+    func run(_ inbound: NIOAsyncChannelInboundStream<FrameEvent<ClientFrame>>) async {
         await withDiscardingTaskGroup { group in
             group.addTask {
                 // Graceful shutdown of the server: refuse new calls, let open ones finish.
                 do { try await gracefulShutdown() } catch { return }
-                if startGoaway(.unavailable, "server is shutting down", discardInput: false) {
-                    await drainDeadline()
+                let action = self.state.withLock { $0.machine.shutdown() }
+                if self.perform(action, .unavailable, "server is shutting down") {
+                    await self.drainDeadline()
                 }
             }
             do {
                 for try await event in inbound {
-                    handle(event, group: &group)
+                    await handle(event, group: &group)
                 }
             } catch {
                 logger.debug("connection read failed", metadata: ["error": "\(error)"])
             }
             // The peer is gone or we closed: nobody will read what open streams would send.
-            for control in state.closeAll() { control.interrupt(.cancelled("connection closed")) }
+            closed()
             channel.close(promise: nil)
             group.cancelAll()
         }
     }
 
-    private func handle(_ event: FrameEvent, group: inout DiscardingTaskGroup) {
-        guard !state.isDiscardingInput else { return }
+    private func handle(_ event: FrameEvent<ClientFrame>, group: inout DiscardingTaskGroup) async {
         switch event {
-        case .violation(let code, let message):
-            beginGoaway(code, message, group: &group, discardInput: true)
-        case .idle(let partialFrame):
-            if partialFrame {
-                beginGoaway(.unavailable, "idle timeout: a frame stayed incomplete for \(configuration.idleTimeout)", group: &group, discardInput: true)
-            } else if state.openStreams == 0 {
-                beginGoaway(.unavailable, "idle timeout: no open stream and no frame for \(configuration.idleTimeout)", group: &group, discardInput: true)
+        case .frame(.call(let call)):
+            let control = StreamControl(id: call.stream)
+            switch state.withLock({ $0.machine.receivedCall(call.stream, stream: control) }) {
+            case .open:
+                gauges.streams.increment()
+                group.addTask { await self.serve(call, control: control) }
+            case .refuse(let error):
+                await writeFromReader(.status(stream: call.stream, code: error.code, message: error.message, details: error.details))
+            case .endOpenStream(let existing):
+                existing.interrupt(.reused(call.stream))
+            case .ignore:
+                break
             }
-        case .frame(let body):
-            switch ClientFrame.parse(body) {
-            case .success(.call(let call)):
-                accept(call, group: &group)
-            case .success(.cancel(let stream)):
-                // A cancel for a stream that already ended races with its status: ignored.
-                state.control(for: stream)?.interrupt(.cancelled("cancelled by the client"))
-            case .success(.ping(let data)):
-                write(.pong(data: data))
-            case .failure(.connection(let code, let message)):
-                beginGoaway(code, message, group: &group, discardInput: true)
-            case .failure(.stream(let stream, let code, let message)):
-                refuse(stream, RPCError(code, message))
+        case .frame(.cancel(let stream)):
+            // A cancel for a stream that already ended raced with its status: ignored.
+            state.withLock { $0.machine.receivedCancel(stream) }?.interrupt(.cancelled("cancelled by the client"))
+        case .frame(.ping(let data)):
+            if state.withLock({ $0.machine.receivedPing() }) {
+                await writeFromReader(.pong(data: data))
+            }
+        case .invalidCall(let stream, let code, let message):
+            switch state.withLock({ $0.machine.receivedInvalidCall(stream, RPCError(code, message)) }) {
+            case .refuse(let error):
+                await writeFromReader(.status(stream: stream, code: error.code, message: error.message, details: nil))
+            case .endOpenStream(let existing):
+                existing.interrupt(.reused(stream))
+            case .open, .ignore:
+                break
+            }
+        case .violation(let code, let message):
+            let action = state.withLock { $0.machine.receivedViolation() }
+            if perform(action, code, message) { group.addTask { await self.drainDeadline() } }
+        case .idle(let partialFrame):
+            let (action, reason) = state.withLock { $0.machine.idle(partialFrame: partialFrame) }
+            if let reason, perform(action, .unavailable, "idle timeout: \(reason) for \(configuration.idleTimeout)") {
+                group.addTask { await self.drainDeadline() }
             }
         }
     }
 
     // MARK: Streams
 
-    private func accept(_ call: ClientFrame.Call, group: inout DiscardingTaskGroup) {
-        let control = StreamControl()
-        switch state.open(call.stream, control: control, limit: configuration.maxConcurrentStreams) {
-        case .opened:
-            break
-        case .reused(let existing):
-            // The stream id is taken by an open call: the client broke the stream rules, and
-            // any status for this id ends the open call too, so end it with that error.
-            existing.interrupt(.reused(call.stream))
-            return
-        case .refused(let error):
-            refuse(call.stream, error)
-            return
-        }
-        group.addTask {
-            await serve(call, control: control)
-            if state.finish(call.stream) { channel.close(promise: nil) }
-        }
-    }
-
-    /// Ends a stream that never opened, without disturbing an open one of the same id.
-    private func refuse(_ stream: Int32, _ error: RPCError) {
-        if let open = state.control(for: stream) {
-            open.interrupt(.reused(stream))
-            return
-        }
-        write(.status(stream: stream, code: error.code, message: error.message, details: error.details))
-    }
-
     private func serve(_ call: ClientFrame.Call, control: StreamControl) async {
-        // The deadline is an event-loop timer, cancelled (and freed) when the call ends. A
-        // cancelled `Task.sleep` would keep its timer until the deadline, so calls with long
-        // deadlines at a high rate would pile up memory.
-        let deadline = call.timeoutMs.map { timeoutMs in
-            channel.eventLoop.scheduleTask(in: .milliseconds(min(timeoutMs, Self.longestDeadlineMs))) {
-                control.interrupt(.deadlineExceeded(timeoutMs))
+        var callLogger = logger
+        callLogger[metadataKey: "method"] = "\(call.method.prefix(200))"
+        var status: RPCError
+        switch router.route(for: call.method) {
+        case .failure(let error):
+            status = error
+        case .success(let route):
+            let output = StreamOutput(
+                send: { [self] message in try await self.write(.message(stream: call.stream, message: message), for: control) },
+                setUnaryResponse: { control.setUnaryResponse($0) },
+                end: { [self] status in self.end(control, status) })
+            let context = RPCContext(method: route.info, principal: nil, metadata: call.metadata, stream: call.stream,
+                                     timeoutMs: call.timeoutMs, logger: callLogger, control: control,
+                                     eventLoop: channel.eventLoop, request: call.message, route: route, output: output)
+            do {
+                try await chain(context)
+                status = RPCError(.ok, "")
+            } catch {
+                status = RPCError.status(for: error, logger: callLogger)
             }
         }
-        defer { deadline?.cancel() }
-        let outcome: RPCError? = await withTaskGroup(of: RPCError?.self) { race in
-            race.addTask { await runHandler(call, control: control) }
-            race.addTask {
-                switch await control.interrupted() {
-                case .cancelled(let reason): return RPCError(.cancelled, reason)
-                case .reused(let stream): return RPCError(.invalidArgument, "stream id \(stream) was reused while the stream was open")
-                case .draining: return RPCError(.unavailable, "the server closed the connection before the call finished")
-                case .deadlineExceeded(let timeoutMs): return RPCError(.deadlineExceeded, "deadline of \(timeoutMs) ms exceeded")
+        end(control, status)
+        // The status went out without waiting (it must not be held up), so the stream's slot is
+        // given back only once the outbound buffer has room: a client that sends calls and never
+        // reads their answers runs into the stream limit, and then into a read loop that waits.
+        try? await acquire(0, check: { _ in true }, write: nil)
+        gauges.streams.decrement()
+        if state.withLock({ $0.machine.handlerReturned() }) { channel.close(promise: nil) }
+    }
+
+    /// The end of every middleware chain: runs the handler in a child task, racing it against
+    /// the stream's interruptions. An interruption writes the status at once, then cancels the
+    /// handler, so a handler slow to notice cancellation delays nothing.
+    @Sendable static func endpoint(_ context: RPCContext) async throws {
+        let control = context.control
+        let status: RPCError? = await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do {
+                    try await context.route.invoke(context)
+                    control.handlerReturned(nil)
+                } catch {
+                    control.handlerReturned(RPCError.status(for: error, logger: context.logger))
                 }
             }
-            // The first to finish decides the status; the others are cancelled. A handler that
-            // lags behind cancellation cannot write any more (the stream is closed below).
-            let first = await race.next() ?? nil
-            let status = first ?? RPCError(.ok, "")
-            control.close {
-                channel.writeAndFlush(encodeFrame(ServerFrame.status(stream: call.stream, code: status.code, message: status.message, details: status.details).json), promise: nil)
+            switch await control.outcome() {
+            case .handlerReturned(let error):
+                return error
+            case .interrupted(let reason):
+                context.output.end(reason.status)
+                group.cancelAll()
+                return reason.status
             }
-            race.cancelAll()
-            return first
         }
-        if let outcome, outcome.code != .ok {
-            logger.debug("call ended", metadata: ["method": "\(call.method)", "stream": "\(call.stream)", "code": "\(outcome.code.rawValue)"])
+        if let status { throw status }
+    }
+
+    /// Writes the stream's status (after a unary call's response, in one flush) unless it was
+    /// already ended.
+    private func end(_ control: StreamControl, _ status: RPCError) {
+        state.withLock { state in
+            guard state.machine.endStream(control.id, control) else { return }
+            let response = status.code == .ok ? control.takeUnaryResponse() : nil
+            var frames: [ServerFrame] = []
+            if let response { frames.append(.message(stream: control.id, message: response)) }
+            frames.append(.status(stream: control.id, code: status.code, message: status.message, details: status.details))
+            let bytes = frames.reduce(0) { $0 + $1.sizeEstimate }
+            state.machine.forceWrite(bytes)
+            issue(frames, bytes: bytes)
         }
     }
 
-    /// Deadlines beyond a year are held to a year (TimeAmount counts nanoseconds in an Int64).
-    static let longestDeadlineMs: Int64 = 365 * 24 * 3600 * 1000
+    // MARK: Writes
 
-    /// Runs the handler; `nil` means it finished normally (status OK).
-    private func runHandler(_ call: ClientFrame.Call, control: StreamControl) async -> RPCError? {
-        let route: MethodRouter.Route
-        switch router.route(for: call.method) {
-        case .success(let found): route = found
-        case .failure(let error): return error
-        }
-        var principal: Principal?
-        if let required = route.role {
-            switch tokens.authenticate(call.metadata["authorization"]) {
-            case .failure(let error): return error
-            case .success(let caller):
-                guard caller.role >= required else {
-                    return RPCError(.permissionDenied, "\(call.method) needs role \(required.rawValue); \(caller.name) has \(caller.role.rawValue)")
-                }
-                principal = caller
+    /// Writes a stream's message once the outbound buffer has room; throws when the stream has
+    /// ended (its message is dropped) or the connection closed.
+    private func write(_ frame: ServerFrame, for control: StreamControl) async throws {
+        try await acquire(frame.sizeEstimate, check: { $0.machine.isOpen(control.id, control) }, write: frame)
+    }
+
+    /// Writes a frame the read loop produced (a pong, a refusal). The read loop waits while
+    /// the outbound buffer is full, which stops reading from a client that does not read.
+    private func writeFromReader(_ frame: ServerFrame) async {
+        try? await acquire(frame.sizeEstimate, check: { _ in true }, write: frame)
+    }
+
+    /// Waits for `bytes` of outbound room, then, under the lock, writes `frame` if `check`
+    /// still allows it (else gives the room back and throws). With no frame, it only waits
+    /// until the buffer is below its limit.
+    private func acquire(_ bytes: Int, check: (inout State) -> Bool, write frame: ServerFrame?) async throws {
+        enum FastPath { case written, dropped, closed, wait }
+        let fast = state.withLock { state -> FastPath in
+            guard check(&state) else { return .dropped }
+            switch state.machine.requestWrite(bytes) {
+            case .write:
+                issue(frame, bytes: bytes)
+                return .written
+            case .closed: return .closed
+            case .wait(let ticket):
+                // Give the ticket back: the slow path asks again with a continuation to resume.
+                _ = state.machine.cancelWait(ticket)
+                return .wait
             }
         }
-        var callLogger = logger
-        callLogger[metadataKey: "method"] = "\(call.method)"
-        let context = RPCContext(method: call.method, principal: principal, metadata: call.metadata, stream: call.stream, logger: callLogger)
-        let stream = call.stream
+        switch fast {
+        case .written: return
+        case .dropped: throw CancellationError()
+        case .closed: throw RPCError(.unavailable, "the connection closed")
+        case .wait: break
+        }
+        let ticket = Mutex<Int?>(nil)
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let closed = state.withLock { state -> Bool in
+                    switch state.machine.requestWrite(bytes) {
+                    case .write:
+                        continuation.resume()
+                    case .closed:
+                        return true
+                    case .wait(let granted):
+                        ticket.withLock { $0 = granted }
+                        state.writers[granted] = continuation
+                    }
+                    return false
+                }
+                if closed { continuation.resume(throwing: RPCError(.unavailable, "the connection closed")) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+                guard let id = ticket.withLock({ $0 }), state.machine.cancelWait(id) else { return nil }
+                return state.writers.removeValue(forKey: id)
+            }
+            waiter?.resume(throwing: CancellationError())
+        }
+        // The room is ours now: write, or give it back if the frame is no longer wanted.
+        let written = state.withLock { state -> Bool in
+            guard check(&state) else { return false }
+            issue(frame, bytes: bytes)
+            return true
+        }
+        if !written {
+            completed(bytes)
+            throw CancellationError()
+        }
+    }
+
+    /// Hands frames to the channel (called under the lock, so writes keep the lock's order)
+    /// and gives their room back once they reached the socket.
+    private func issue(_ frame: ServerFrame?, bytes: Int) {
+        guard let frame else { return completedLater(bytes) }
+        issue([frame], bytes: bytes)
+    }
+
+    /// Room taken without a write (a wait for room) is given back after the lock is released.
+    private func completedLater(_ bytes: Int) {
+        guard bytes > 0 else { return }
+        channel.eventLoop.execute { [self] in completed(bytes) }
+    }
+
+    private func issue(_ frames: [ServerFrame], bytes: Int) {
         let channel = self.channel
-        do {
-            try await route.handler(context, call.message) { message in
-                guard let written = control.writeIfOpen({
-                    channel.writeAndFlush(encodeFrame(ServerFrame.message(stream: stream, message: message).json))
-                }) else {
-                    throw CancellationError()
-                }
-                try await written.get()
-            }
-            return nil
-        } catch let error as RPCError {
-            return error
-        } catch is CancellationError {
-            return RPCError(.cancelled, "the call was cancelled")
-        } catch {
-            callLogger.error("handler failed", metadata: ["error": "\(error)"])
-            return RPCError(.internal, "internal error")
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.whenComplete { [self] _ in completed(bytes) }
+        // Always through the event loop's queue, even on the loop: a write can complete (and
+        // its callback take the lock) inside the call, and the queue keeps the lock's order.
+        channel.eventLoop.execute { Self.write(frames, to: channel, promise: promise) }
+    }
+
+    private static func write(_ frames: [ServerFrame], to channel: any Channel, promise: EventLoopPromise<Void>) {
+        for frame in frames.dropLast() { channel.write(frame, promise: nil) }
+        channel.writeAndFlush(frames.last!, promise: promise)
+    }
+
+    private func completed(_ bytes: Int) {
+        let resumed = state.withLock { state in
+            state.machine.writeCompleted(bytes).compactMap { state.writers.removeValue(forKey: $0) }
         }
+        for writer in resumed { writer.resume() }
     }
 
     // MARK: Connection-level
 
-    private func write(_ frame: ServerFrame) {
-        channel.writeAndFlush(encodeFrame(frame.json), promise: nil)
-    }
-
-    /// Sends `goaway` once: streams up to the last accepted one still finish, later calls are
-    /// refused, and the connection closes when the last stream ends. Returns true when streams
-    /// are still open, so the caller must start the drain deadline.
-    private func startGoaway(_ code: StatusCode, _ message: String, discardInput: Bool) -> Bool {
-        guard let lastStream = state.beginGoaway(discardInput: discardInput) else { return false }
-        write(.goaway(code: code, message: message, lastStream: lastStream))
+    /// Sends `goaway` for `action`: closes at once when no stream runs, else returns true so
+    /// the caller starts the drain deadline.
+    private func perform(_ action: ConnectionStateMachine<StreamControl>.GoawayAction, _ code: StatusCode, _ message: String) -> Bool {
+        guard case .goaway(let lastStream, let close) = action else { return false }
         logger.debug("goaway", metadata: ["code": "\(code.rawValue)", "reason": "\(message)"])
-        if state.openStreams == 0 {
-            channel.close(promise: nil)
-            return false
+        state.withLock { state in
+            let frame = ServerFrame.goaway(code: code, message: message, lastStream: lastStream)
+            state.machine.forceWrite(frame.sizeEstimate)
+            issue([frame], bytes: frame.sizeEstimate)
         }
-        return true
-    }
-
-    private func beginGoaway(_ code: StatusCode, _ message: String, group: inout DiscardingTaskGroup, discardInput: Bool) {
-        if startGoaway(code, message, discardInput: discardInput) {
-            group.addTask { await drainDeadline() }
-        }
+        if close { channel.close(promise: nil) }
+        return !close
     }
 
     /// After the drain timeout, ends the streams still open.
     private func drainDeadline() async {
         try? await Task.sleep(for: configuration.drainTimeout)
         guard !Task.isCancelled else { return }
-        for control in state.openControls() { control.interrupt(.draining) }
+        for control in state.withLock({ $0.machine.drainExpired() }) { control.interrupt(.draining) }
+    }
+
+    private func closed() {
+        let (streams, writers) = state.withLock { state in
+            let (streams, tickets) = state.machine.channelClosed()
+            return (streams, tickets.compactMap { state.writers.removeValue(forKey: $0) })
+        }
+        for control in streams { control.interrupt(.cancelled("connection closed")) }
+        for writer in writers { writer.resume(throwing: RPCError(.unavailable, "the connection closed")) }
     }
 }
 
-/// The mutable part of a connection, behind one lock.
-final class ConnectionState: Sendable {
-    enum OpenResult {
-        case opened
-        case reused(StreamControl)
-        case refused(RPCError)
-    }
-
-    private struct State {
-        var streams: [Int32: StreamControl] = [:]
-        var highestAccepted: Int32 = 0
-        var goingAway = false
-        var discardInput = false
-    }
-    private let state = Mutex(State())
-
-    var openStreams: Int { state.withLock { $0.streams.count } }
-    var isDiscardingInput: Bool { state.withLock { $0.discardInput } }
-
-    func control(for stream: Int32) -> StreamControl? { state.withLock { $0.streams[stream] } }
-    func openControls() -> [StreamControl] { state.withLock { Array($0.streams.values) } }
-
-    func open(_ stream: Int32, control: StreamControl, limit: Int) -> OpenResult {
-        state.withLock { state in
-            if let existing = state.streams[stream] { return .reused(existing) }
-            if state.goingAway {
-                return .refused(RPCError(.unavailable, "the connection is going away (goaway sent); open a new connection"))
-            }
-            guard state.streams.count < limit else {
-                return .refused(RPCError(.resourceExhausted, "too many open streams on this connection (limit \(limit))"))
-            }
-            state.streams[stream] = control
-            state.highestAccepted = max(state.highestAccepted, stream)
-            return .opened
-        }
-    }
-
-    /// Removes a finished stream; true when it was the last one after a goaway.
-    func finish(_ stream: Int32) -> Bool {
-        state.withLock { state in
-            state.streams[stream] = nil
-            return state.goingAway && state.streams.isEmpty
-        }
-    }
-
-    /// Marks the connection as going away; the last stream id to finish, or nil if already.
-    func beginGoaway(discardInput: Bool) -> Int32? {
-        state.withLock { state in
-            if discardInput { state.discardInput = true }
-            guard !state.goingAway else { return nil }
-            state.goingAway = true
-            return state.highestAccepted
-        }
-    }
-
-    func closeAll() -> [StreamControl] {
-        state.withLock { state in
-            state.goingAway = true
-            return Array(state.streams.values)
+extension ServerFrame {
+    /// About the frame's encoded size, for outbound accounting (exact for the message body,
+    /// which is what can be large).
+    var sizeEstimate: Int {
+        switch self {
+        case .message(_, let message): message.readableBytes + 48
+        case .status(_, _, let message, let details): message.utf8.count + (details == nil ? 64 : 512)
+        case .pong(let data): (data?.utf8.count ?? 0) + 32
+        case .goaway(_, let message, _): message.utf8.count + 64
         }
     }
 }

@@ -1,117 +1,120 @@
 import FerryProtocol
-import Foundation
 import Logging
+import NIOCore
+import SwiftProtobuf
 
-/// What a handler knows about its call.
+/// What a handler and the middleware know about a call.
 public struct RPCContext: Sendable {
-    public var method: String
-    /// The authenticated caller; `nil` for methods that need no token (Health/Check).
+    /// The method called.
+    public let method: MethodInfo
+    /// The authenticated caller, set by ``AuthenticationMiddleware``; nil for methods that need
+    /// no token (Health/Check).
     public var principal: Principal?
-    public var metadata: [String: String]
-    public var stream: Int32
+    /// The call's metadata, keys lower-cased.
+    public let metadata: [String: String]
+    public let stream: Int32
+    /// The call's `timeoutMs`, if it set one.
+    public let timeoutMs: Int64?
     public var logger: Logger
+
+    let control: StreamControl
+    let eventLoop: any EventLoop
+    let request: ByteBuffer
+    let route: MethodRouter.Route
+    let output: StreamOutput
 }
 
-/// Sends response messages of one stream. Writes after the stream ended (cancelled, past its
-/// deadline) are dropped, so a handler that is slow to notice cancellation sends nothing late.
-public struct ResponseWriter<Response: Encodable & Sendable>: Sendable {
-    let send: @Sendable (JSONValue) async throws -> Void
+/// Sends response messages of one streaming call. Each write waits while the connection's
+/// outbound buffer is full (the client reads slowly), and throws once the stream has ended
+/// (cancelled, past its deadline, connection gone), so a handler sends nothing late.
+public struct ResponseWriter<Response: SwiftProtobuf.Message & Sendable>: Sendable {
+    let output: StreamOutput
 
     public func write(_ response: Response) async throws {
-        let json: JSONValue
+        try await write(encoded: try Self.encode(response))
+    }
+
+    /// Sends a response already encoded (one encoding shared by many streams, as WatchJob's
+    /// fan-out does).
+    public func write(encoded: EncodedMessage<Response>) async throws {
+        try await output.send(encoded.json)
+    }
+
+    /// Encodes a response once, to be written to many streams.
+    static func encode(_ response: Response) throws -> EncodedMessage<Response> {
         do {
-            json = try JSONValue.encoding(response)
+            return try EncodedMessage(response)
         } catch {
             throw RPCError(.internal, "cannot encode the response: \(error)")
         }
-        try await send(json)
-    }
-
-    /// Sends a response already in its JSON form (one encoding shared by many streams, as
-    /// WatchJob's fan-out does). The caller vouches that it is a `Response`.
-    public func write(json: JSONValue) async throws {
-        try await send(json)
     }
 }
 
-/// Method handlers registered by wire name. A known method without a handler answers
-/// UNIMPLEMENTED ("not implemented yet"), an unknown one UNIMPLEMENTED ("unknown method").
+/// Where a call's responses go: the connection, for one stream.
+struct StreamOutput: Sendable {
+    let send: @Sendable (ByteBuffer) async throws -> Void
+    let setUnaryResponse: @Sendable (ByteBuffer) -> Void
+    /// Writes the stream's status now, unless it already ended.
+    let end: @Sendable (RPCError) -> Void
+}
+
+/// Handlers by method, registered with the method's descriptor, so that a handler's request
+/// and response types are those of the method. A `ferry/1` method without a handler answers
+/// UNIMPLEMENTED ("not implemented yet") after its role is checked; an unknown name answers
+/// UNIMPLEMENTED ("unknown method").
 public struct MethodRouter: Sendable {
-    typealias Handler = @Sendable (RPCContext, JSONValue, @escaping @Sendable (JSONValue) async throws -> Void) async throws -> Void
+    /// Decodes the request, runs the handler, sends the responses.
+    typealias Invoke = @Sendable (RPCContext) async throws -> Void
 
     struct Route: Sendable {
-        var role: Role?
-        var handler: Handler
+        var info: MethodInfo
+        var invoke: Invoke
     }
 
-    var routes: [String: Route] = [:]
+    private var routes: [String: Route] = [:]
 
     public init() {}
 
     /// Registers a unary method: one request, one response.
-    public mutating func unary<Request: Decodable & Sendable, Response: Encodable & Sendable>(
-        _ method: FerryMethod,
+    public mutating func register<Request, Response>(
+        _ method: UnaryMethod<Request, Response>,
         _ handler: @escaping @Sendable (Request, RPCContext) async throws -> Response
     ) {
-        precondition(!method.isServerStreaming, "\(method.rawValue) is a streaming method")
-        routes[method.rawValue] = Route(role: method.requiredRole) { context, message, send in
-            let request: Request = try Self.decode(message, as: Request.self)
+        routes[method.info.name] = Route(info: method.info) { context in
+            let request = try Self.decode(Request.self, context.request)
             let response = try await handler(request, context)
-            try await ResponseWriter<Response>(send: send).write(response)
+            context.output.setUnaryResponse(try ResponseWriter<Response>.encode(response).json)
         }
     }
 
     /// Registers a server-streaming method: one request, any number of responses.
-    public mutating func serverStreaming<Request: Decodable & Sendable, Response: Encodable & Sendable>(
-        _ method: FerryMethod,
+    public mutating func register<Request, Response>(
+        _ method: ServerStreamingMethod<Request, Response>,
         _ handler: @escaping @Sendable (Request, RPCContext, ResponseWriter<Response>) async throws -> Void
     ) {
-        precondition(method.isServerStreaming, "\(method.rawValue) is a unary method")
-        routes[method.rawValue] = Route(role: method.requiredRole) { context, message, send in
-            let request: Request = try Self.decode(message, as: Request.self)
-            try await handler(request, context, ResponseWriter(send: send))
+        routes[method.info.name] = Route(info: method.info) { context in
+            let request = try Self.decode(Request.self, context.request)
+            try await handler(request, context, ResponseWriter(output: context.output))
         }
     }
 
-    /// The route of `method`. A known method without a handler still gets its role checked
-    /// first, so its UNIMPLEMENTED answer reveals nothing to a caller without the role.
-    func route(for method: String) -> Result<Route, RPCError> {
-        if let route = routes[method] { return .success(route) }
-        if let known = FerryMethod(rawValue: method) {
-            return .success(Route(role: known.requiredRole) { _, _, _ in
-                throw RPCError(.unimplemented, "method \(method) is not implemented yet")
+    /// The route of a method name. A known method without a handler still gets a route (with
+    /// its role), so its UNIMPLEMENTED answer reveals nothing to a caller without the role.
+    func route(for name: String) -> Result<Route, RPCError> {
+        if let route = routes[name] { return .success(route) }
+        if let known = FerryMethods.named(name) {
+            return .success(Route(info: known) { _ in
+                throw RPCError(.unimplemented, "method \(name) is not implemented yet")
             })
         }
-        return .failure(RPCError(.unimplemented, "unknown method \"\(method.prefix(200))\""))
+        return .failure(RPCError(.unimplemented, "unknown method \"\(name.prefix(200))\""))
     }
 
-    /// Decodes a request; a wrong field type becomes INVALID_ARGUMENT naming the field.
-    static func decode<Request: Decodable>(_ message: JSONValue, as type: Request.Type) throws -> Request {
+    private static func decode<Request: SwiftProtobuf.Message>(_ type: Request.Type, _ json: ByteBuffer) throws -> Request {
         do {
-            return try message.decode(Request.self)
-        } catch let error as DecodingError {
-            throw RPCError(.invalidArgument, "invalid request message: \(describe(error))")
+            return try MessageCoding.decode(Request.self, from: json)
         } catch {
             throw RPCError(.invalidArgument, "invalid request message: \(error)")
-        }
-    }
-
-    static func describe(_ error: DecodingError) -> String {
-        func path(_ context: DecodingError.Context) -> String {
-            let text = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
-            return text.isEmpty ? "message" : "field \"\(text)\""
-        }
-        switch error {
-        case .typeMismatch(let type, let context):
-            return "\(path(context)) has the wrong type (expected \(type))"
-        case .valueNotFound(let type, let context):
-            return "\(path(context)) is null (expected \(type))"
-        case .keyNotFound(let key, let context):
-            return "missing field \"\(key.stringValue)\" in \(path(context))"
-        case .dataCorrupted(let context):
-            return "\(path(context)): \(context.debugDescription)"
-        @unknown default:
-            return "\(error)"
         }
     }
 }

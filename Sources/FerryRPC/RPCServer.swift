@@ -1,6 +1,7 @@
 import FerryCore
 import FerryProtocol
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -10,12 +11,16 @@ import Synchronization
 
 /// The ferry/1 server: TLS on TCP, length-prefixed JSON frames, many streams per connection.
 ///
+/// Every call passes through the middleware, outermost first: ``MetricsMiddleware``,
+/// ``DeadlineMiddleware``, ``AuthenticationMiddleware``, ``LoggingMiddleware``, then any
+/// `additionalMiddleware`, then the method's handler.
+///
 /// Run it in a `ServiceGroup`: graceful shutdown stops accepting, sends `goaway` on every
 /// connection and lets open streams finish (up to the drain timeout).
 public struct RPCServer: Service {
     public let configuration: RPCServerConfiguration
     let router: MethodRouter
-    let tokens: TokenStore
+    let chain: @Sendable (RPCContext) async throws -> Void
     let logger: Logger
     let onBound: @Sendable (SocketAddress) async throws -> Void
 
@@ -23,12 +28,16 @@ public struct RPCServer: Service {
         configuration: RPCServerConfiguration,
         router: MethodRouter,
         tokens: TokenStore,
+        additionalMiddleware: [any RPCMiddleware] = [],
         logger: Logger,
         onBound: @escaping @Sendable (SocketAddress) async throws -> Void = { _ in }
     ) {
         self.configuration = configuration
         self.router = router
-        self.tokens = tokens
+        let middleware: [any RPCMiddleware] = [
+            MetricsMiddleware(), DeadlineMiddleware(), AuthenticationMiddleware(tokens: tokens), LoggingMiddleware(),
+        ] + additionalMiddleware
+        chain = middleware.chain(Connection.endpoint)
         self.logger = logger
         self.onBound = onBound
     }
@@ -49,8 +58,14 @@ public struct RPCServer: Service {
                     try handlers.addHandler(HandshakeTimeoutHandler(
                         timeout: TimeAmount(configuration.handshakeTimeout),
                         then: { IdleStateHandler(readTimeout: TimeAmount(configuration.idleTimeout)) }))
-                    try handlers.addHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes))
-                    return try NIOAsyncChannel<FrameEvent, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    let decoder = FrameDecoder<ClientFrame>(maxFrameBytes: configuration.maxFrameBytes)
+                    try handlers.addHandler(ByteToMessageHandler(decoder))
+                    try handlers.addHandler(IdleEventForwarder(decoder: decoder))
+                    try handlers.addHandler(MessageToByteHandler(FrameEncoder<ServerFrame>()))
+                    return try NIOAsyncChannel<FrameEvent<ClientFrame>, ServerFrame>(
+                        wrappingChannelSynchronously: channel,
+                        configuration: .init(backPressureStrategy: .init(
+                            lowWatermark: 1, highWatermark: configuration.inboundFramesBuffered)))
                 }
             }
         guard let address = server.channel.localAddress else { throw ChannelError.inappropriateOperationForState }
@@ -58,12 +73,13 @@ public struct RPCServer: Service {
         try await onBound(address)
 
         let active = ConnectionCounter()
+        let gauges = ConnectionGauges()
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
                 try await server.executeThenClose { connections in
                     for try await connection in connections {
                         group.addTask {
-                            await serve(connection, counter: active)
+                            await serve(connection, counter: active, gauges: gauges)
                         }
                     }
                 }
@@ -74,23 +90,34 @@ public struct RPCServer: Service {
         }
     }
 
-    private func serve(_ asyncChannel: NIOAsyncChannel<FrameEvent, ByteBuffer>, counter: ConnectionCounter) async {
+    private func serve(_ asyncChannel: NIOAsyncChannel<FrameEvent<ClientFrame>, ServerFrame>, counter: ConnectionCounter, gauges: ConnectionGauges) async {
         let admitted = counter.enter(limit: configuration.maxConnections)
-        defer { counter.leave() }
+        gauges.connections.increment()
+        defer {
+            counter.leave()
+            gauges.connections.decrement()
+        }
         do {
             try await asyncChannel.executeThenClose { inbound, _ in
                 guard admitted else {
                     let goaway = ServerFrame.goaway(code: .resourceExhausted, message: "too many connections (limit \(configuration.maxConnections))", lastStream: 0)
-                    try? await asyncChannel.channel.writeAndFlush(encodeFrame(goaway.json))
+                    try? await asyncChannel.channel.writeAndFlush(goaway)
                     return
                 }
-                let connection = Connection(channel: asyncChannel.channel, configuration: configuration, router: router, tokens: tokens, logger: logger)
+                let connection = Connection(channel: asyncChannel.channel, configuration: configuration, router: router,
+                                            chain: chain, logger: logger, gauges: gauges)
                 await connection.run(inbound)
             }
         } catch {
             logger.debug("connection ended with an error", metadata: ["error": "\(error)"])
         }
     }
+}
+
+/// `ferry_rpc_open_connections` and `ferry_rpc_open_streams`, through swift-metrics.
+struct ConnectionGauges: Sendable {
+    let connections = Meter(label: "ferry_rpc_open_connections")
+    let streams = Meter(label: "ferry_rpc_open_streams")
 }
 
 /// Counts open connections against the limit.

@@ -14,6 +14,14 @@ public struct RPCServerConfiguration: Sendable {
     public var maxFrameBytes: Int = 4 * 1024 * 1024
     /// Open streams per connection; a call beyond it ends with RESOURCE_EXHAUSTED.
     public var maxConcurrentStreams: Int = 128
+    /// Bytes a connection may have handed to its socket and not yet written (the peer reads
+    /// slowly). Writers wait above it; the read loop waits too, so a client that does not read
+    /// stops being read. A connection holds at most this plus one frame outbound.
+    public var outboundBufferBytes: Int = 256 * 1024
+    /// Complete frames a connection buffers ahead of its read loop before it stops reading
+    /// from the socket. With the partial frame being decoded, a connection holds at most
+    /// this + 1 frames inbound.
+    public var inboundFramesBuffered: Int = 2
     /// Open connections; one beyond it is sent `goaway` RESOURCE_EXHAUSTED and closed.
     public var maxConnections: Int = 1024
     /// A connection that has not finished its TLS handshake by then is closed.

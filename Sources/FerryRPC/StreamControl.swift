@@ -1,4 +1,5 @@
 import FerryProtocol
+import NIOCore
 import Synchronization
 
 /// How a stream ended early, from outside its handler.
@@ -8,63 +9,83 @@ enum StreamInterruption: Sendable {
     case draining
     /// The call's `timeoutMs` passed.
     case deadlineExceeded(Int64)
+
+    var status: RPCError {
+        switch self {
+        case .cancelled(let reason): RPCError(.cancelled, reason)
+        case .reused(let stream): RPCError(.invalidArgument, "stream id \(stream) was reused while the stream was open")
+        case .draining: RPCError(.unavailable, "the server closed the connection before the call finished")
+        case .deadlineExceeded(let timeoutMs): RPCError(.deadlineExceeded, "deadline of \(timeoutMs) ms exceeded")
+        }
+    }
 }
 
-/// One open stream's cancellation signal: fired by a `cancel` frame, a reused stream id,
-/// its deadline, or the end of a drain; awaited by the task that runs the handler.
+/// One open stream's outcome: whichever comes first of its handler returning and an
+/// interruption (a `cancel` frame, a reused id, its deadline, the end of a drain) decides its
+/// status. The task serving the stream waits on it.
 final class StreamControl: Sendable {
+    enum Outcome: Sendable {
+        case handlerReturned(RPCError?)
+        case interrupted(StreamInterruption)
+    }
+
+    let id: Int32
+
     private struct State {
-        var interruption: StreamInterruption?
-        var waiter: CheckedContinuation<StreamInterruption, Never>?
-        /// Set once the stream's status is sent; later writes are dropped.
-        var closed = false
+        var outcome: Outcome?
+        var waiter: CheckedContinuation<Outcome, Never>?
+        /// A unary handler's response, written together with the status.
+        var unaryResponse: ByteBuffer?
     }
     private let state = Mutex(State())
 
+    init(id: Int32) {
+        self.id = id
+    }
+
     func interrupt(_ reason: StreamInterruption) {
-        let waiter = state.withLock { state -> CheckedContinuation<StreamInterruption, Never>? in
-            guard state.interruption == nil else { return nil }
-            state.interruption = reason
+        decide(.interrupted(reason))
+    }
+
+    func handlerReturned(_ error: RPCError?) {
+        decide(.handlerReturned(error))
+    }
+
+    private func decide(_ outcome: Outcome) {
+        let waiter = state.withLock { state -> CheckedContinuation<Outcome, Never>? in
+            guard state.outcome == nil else { return nil }
+            state.outcome = outcome
             defer { state.waiter = nil }
             return state.waiter
         }
-        waiter?.resume(returning: reason)
+        waiter?.resume(returning: outcome)
     }
 
-    /// Suspends until interrupted (or returns at once if already). Cancelling the waiting
-    /// task is how the winner of the race stops this waiter; its `.draining` is then ignored.
-    func interrupted() async -> StreamInterruption {
+    /// Suspends until the outcome is decided. Cancelling the waiting task (the connection is
+    /// gone) decides it as `.draining`.
+    func outcome() async -> Outcome {
         await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<StreamInterruption, Never>) in
-                let ready = state.withLock { state -> StreamInterruption? in
-                    if let interruption = state.interruption { return interruption }
-                    if Task.isCancelled { return .draining }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Outcome, Never>) in
+                let ready = state.withLock { state -> Outcome? in
+                    if let outcome = state.outcome { return outcome }
                     state.waiter = continuation
                     return nil
                 }
                 if let ready { continuation.resume(returning: ready) }
             }
         } onCancel: {
-            let waiter = state.withLock { state -> CheckedContinuation<StreamInterruption, Never>? in
-                defer { state.waiter = nil }
-                return state.waiter
-            }
-            waiter?.resume(returning: .draining)
+            interrupt(.draining)
         }
     }
 
-    /// Runs `write` unless the stream is finished, atomically with that check, so that no
-    /// message can be queued after the stream's status.
-    func writeIfOpen<T>(_ write: () -> T) -> T? {
-        state.withLock { state in state.closed ? nil : write() }
+    func setUnaryResponse(_ response: ByteBuffer) {
+        state.withLock { $0.unaryResponse = response }
     }
 
-    /// Finishes the stream and queues its final frame with `write`; nil if it was finished.
-    func close<T>(_ write: () -> T) -> T? {
+    func takeUnaryResponse() -> ByteBuffer? {
         state.withLock { state in
-            guard !state.closed else { return nil }
-            state.closed = true
-            return write()
+            defer { state.unaryResponse = nil }
+            return state.unaryResponse
         }
     }
 }

@@ -175,12 +175,12 @@ public enum FerryServer {
         logger.notice("ferryd stopped")
     }
 
-    /// The methods this build serves. Job and instance methods answer UNIMPLEMENTED until
-    /// the job engine registers them.
+    /// The methods this build serves.
     static func makeRouter(health: @escaping @Sendable () async -> Bool, engine: JobEngine) -> MethodRouter {
         var router = MethodRouter()
-        router.unary(.healthCheck) { (_: HealthCheckRequest, _) in
-            HealthCheckResponse(status: await health() ? .serving : .notServing)
+        router.register(FerryMethods.healthCheck) { _, _ in
+            let serving = await health()
+            return HealthCheckResponse.with { $0.status = serving ? .serving : .notServing }
         }
         engine.jobs.register(into: &router)
         engine.instances.register(into: &router)

@@ -5,6 +5,7 @@ import Foundation
 import JobStore
 import Logging
 import PostgresNIO
+import SwiftProtobuf
 
 /// The handlers of `ferry.v1.Instances`. DSNs are stored as given (ferryd needs them to
 /// connect) and never returned or logged.
@@ -15,17 +16,19 @@ struct InstancesService: Sendable {
     var connectTimeout = 5
 
     func register(into router: inout MethodRouter) {
-        router.unary(.putInstance) { (request: PutInstanceRequest, _) in try await putInstance(request) }
-        router.unary(.listInstances) { (_: ListInstancesRequest, _) in try await listInstances() }
-        router.unary(.listTenants) { (request: ListTenantsRequest, _) in try await listTenants(request) }
+        router.register(FerryMethods.putInstance) { request, _ in try await putInstance(request) }
+        router.register(FerryMethods.listInstances) { _, _ in try await listInstances() }
+        router.register(FerryMethods.listTenants) { request, _ in try await listTenants(request) }
     }
 
     func putInstance(_ request: PutInstanceRequest) async throws -> PutInstanceResponse {
-        guard let id = request.id, !id.isEmpty else { throw RPCError(.invalidArgument, "id is required") }
+        let id = request.id
+        guard !id.isEmpty else { throw RPCError(.invalidArgument, "id is required") }
         guard JobPlan.isInstanceID(id) else {
             throw RPCError(.invalidArgument, "id \"\(id.prefix(80))\" is not an instance id (lower-case letters, digits, '_' and '-', at most 63, starting with a letter or digit)")
         }
-        guard let dsn = request.dsn, !dsn.isEmpty else { throw RPCError(.invalidArgument, "dsn is required") }
+        let dsn = request.dsn
+        guard !dsn.isEmpty else { throw RPCError(.invalidArgument, "dsn is required") }
         let url = try Self.parse(dsn)
         // Only a DSN that connects is stored.
         _ = try await Self.withInstance(url, id: id, timeout: connectTimeout, logger: logger) { connection in
@@ -40,24 +43,37 @@ struct InstancesService: Sendable {
         }.first
         guard let (createdAt, updatedAt) = try row?.decode((Date, Date).self) else { throw RPCError(.internal, "the instance was not stored") }
         logger.info("instance registered", metadata: ["instance": "\(id)", "dsn": "\(url)"])
-        return PutInstanceResponse(instance: Instance(
-            id: id, dsn: "", hasPassword: url.password != nil, createdAt: ProtoTimestamp(createdAt), updatedAt: ProtoTimestamp(updatedAt)))
+        return PutInstanceResponse.with {
+            $0.instance = Self.instance(id: id, hasPassword: url.password != nil, createdAt: createdAt, updatedAt: updatedAt)
+        }
     }
 
     func listInstances() async throws -> ListInstancesResponse {
         let rows = try await database { connection in
             try await connection.execute("SELECT id, dsn, created_at, updated_at FROM instances ORDER BY id", logger: logger)
         }
-        return ListInstancesResponse(instances: try rows.map { row in
+        let instances = try rows.map { row in
             let (id, dsn, createdAt, updatedAt) = try row.decode((String, String, Date, Date).self)
             let hasPassword = (try? DatabaseURL(parsingConnectionString: dsn))?.password != nil
-            return Instance(id: id, dsn: "", hasPassword: hasPassword, createdAt: ProtoTimestamp(createdAt), updatedAt: ProtoTimestamp(updatedAt))
-        })
+            return Self.instance(id: id, hasPassword: hasPassword, createdAt: createdAt, updatedAt: updatedAt)
+        }
+        return ListInstancesResponse.with { $0.instances = instances }
+    }
+
+    /// An instance as the API shows it: never its DSN (which may hold a password).
+    private static func instance(id: String, hasPassword: Bool, createdAt: Date, updatedAt: Date) -> Instance {
+        Instance.with {
+            $0.id = id
+            $0.hasPassword_p = hasPassword
+            $0.createdAt = Google_Protobuf_Timestamp(date: createdAt)
+            $0.updatedAt = Google_Protobuf_Timestamp(date: updatedAt)
+        }
     }
 
     /// Tenants are the instance's schemas, system schemas and `public` excluded.
     func listTenants(_ request: ListTenantsRequest) async throws -> ListTenantsResponse {
-        guard let id = request.instanceId, !id.isEmpty else { throw RPCError(.invalidArgument, "instanceId is required") }
+        let id = request.instanceID
+        guard !id.isEmpty else { throw RPCError(.invalidArgument, "instanceId is required") }
         guard JobPlan.isInstanceID(id) else { throw RPCError(.invalidArgument, "instanceId \"\(id.prefix(80))\" is not an instance id") }
         let url = try await instanceURL(id)
         let names = try await Self.withInstance(url, id: id, timeout: connectTimeout, logger: logger) { connection in
@@ -66,7 +82,8 @@ struct InstancesService: Sendable {
                  WHERE nspname !~ '^pg_' AND nspname NOT IN ('information_schema', 'public') ORDER BY 1
                 """, logger: logger).map { try $0.decode(String.self) }
         }
-        return ListTenantsResponse(tenants: names.filter(JobPlan.isTenantName))
+        let tenants = names.filter(JobPlan.isTenantName)
+        return ListTenantsResponse.with { $0.tenants = tenants }
     }
 
     /// The stored connection URL of a registered instance, or NOT_FOUND.

@@ -8,6 +8,7 @@ import JobStore
 import Logging
 import PostgresNIO
 import ServiceLifecycle
+import SwiftProtobuf
 import Watch
 
 /// The handlers of `ferry.v1.Jobs`: plain async functions over the coordinator, the control
@@ -25,29 +26,27 @@ struct JobsService: Sendable {
     static let maxPageSize = 500
 
     func register(into router: inout MethodRouter) {
-        router.unary(.startJob) { (request: StartJobRequest, context) in try await startJob(request, context) }
-        router.unary(.rerunJob) { (request: RerunJobRequest, context) in try await rerunJob(request, context) }
-        router.unary(.getJob) { (request: GetJobRequest, _) in try await getJob(request) }
-        router.unary(.listJobs) { (request: ListJobsRequest, _) in try await listJobs(request) }
-        router.unary(.cancelJob) { (request: CancelJobRequest, _) in try await cancelJob(request) }
-        router.serverStreaming(.watchJob) { (request: WatchJobRequest, _, writer: ResponseWriter<JobEvent>) in
-            try await watchJob(request, writer)
-        }
+        router.register(FerryMethods.startJob) { request, context in try await startJob(request, context) }
+        router.register(FerryMethods.rerunJob) { request, context in try await rerunJob(request, context) }
+        router.register(FerryMethods.getJob) { request, _ in try await getJob(request) }
+        router.register(FerryMethods.listJobs) { request, _ in try await listJobs(request) }
+        router.register(FerryMethods.cancelJob) { request, _ in try await cancelJob(request) }
+        router.register(FerryMethods.watchJob) { request, _, writer in try await watchJob(request, writer) }
     }
 
     func startJob(_ request: StartJobRequest, _ context: RPCContext) async throws -> Job {
         let params = try JobPlan.params(of: request)
         _ = try JobPlan.touches(params)
         try requireRunner(params.kind ?? .unspecified)
-        let requestID = try Self.requestID(request.requestId)
+        let requestID = try Self.requestID(request.requestID)
         let record = try await coordinator.admit(.init(
-            params: params, queue: request.queue ?? false, requestID: requestID, createdBy: context.principal?.name))
+            params: params, queue: request.queue, requestID: requestID, createdBy: context.principal?.name))
         return record.job
     }
 
     func rerunJob(_ request: RerunJobRequest, _ context: RPCContext) async throws -> Job {
-        let id = try parseJobID(request.jobId)
-        let requestID = try Self.requestID(request.requestId)
+        let id = try parseJobID(request.jobID)
+        let requestID = try Self.requestID(request.requestID)
         guard let job = try await database({ try await JobStore.fetch(id, on: $0, logger: logger) }) else {
             throw RPCError(.notFound, "job \(id.uuidString.lowercased()) not found")
         }
@@ -60,12 +59,12 @@ struct JobsService: Sendable {
         if !repeated { try Coordinator.checkRerunnable(job) }
         try requireRunner(job.kind)
         let record = try await coordinator.admit(.init(
-            params: job.params, queue: request.queue ?? false, requestID: requestID, createdBy: context.principal?.name, rerunOf: id))
+            params: job.params, queue: request.queue, requestID: requestID, createdBy: context.principal?.name, rerunOf: id))
         return record.job
     }
 
     func getJob(_ request: GetJobRequest) async throws -> Job {
-        let id = try parseJobID(request.jobId)
+        let id = try parseJobID(request.jobID)
         guard let job = try await database({ try await JobStore.fetch(id, on: $0, logger: logger) }) else {
             throw RPCError(.notFound, "job \(id.uuidString.lowercased()) not found")
         }
@@ -73,22 +72,24 @@ struct JobsService: Sendable {
     }
 
     func listJobs(_ request: ListJobsRequest) async throws -> ListJobsResponse {
-        let requested = Int(request.pageSize ?? 0)
+        let requested = Int(request.pageSize)
         guard requested >= 0 else { throw RPCError(.invalidArgument, "pageSize must not be negative") }
         let pageSize = min(requested == 0 ? Self.defaultPageSize : requested, Self.maxPageSize)
-        let after = try request.pageToken.flatMap { $0.isEmpty ? nil : try Self.decodePageToken($0) }
-        if let instance = request.instance, !instance.isEmpty, !JobPlan.isInstanceID(instance) {
+        let after = request.pageToken.isEmpty ? nil : try Self.decodePageToken(request.pageToken)
+        let instance = request.instance
+        if !instance.isEmpty, !JobPlan.isInstanceID(instance) {
             throw RPCError(.invalidArgument, "instance \"\(instance.prefix(80))\" is not an instance id")
         }
         let status = request.status == .unspecified ? nil : request.status
         let kind = request.kind == .unspecified ? nil : request.kind
         let records = try await database { connection in
             try await JobStore.list(
-                status: status, kind: kind, instance: (request.instance ?? "").isEmpty ? nil : request.instance,
+                status: status, kind: kind, instance: instance.isEmpty ? nil : instance,
                 after: after, limit: pageSize + 1, on: connection, logger: logger)
         }
         let page = records.prefix(pageSize)
-        var response = ListJobsResponse(jobs: page.map(\.job))
+        var response = ListJobsResponse()
+        response.jobs = page.map(\.job)
         if records.count > pageSize, let last = page.last {
             response.nextPageToken = Self.encodePageToken(last.createdAt, last.id)
         } else {
@@ -101,14 +102,14 @@ struct JobsService: Sendable {
     /// A running one gets a cancel request: its replica hears it by NOTIFY (or at its next
     /// heartbeat) and stops it, and it ends CANCELLED, resumable by RerunJob.
     func cancelJob(_ request: CancelJobRequest) async throws -> Job {
-        let id = try parseJobID(request.jobId)
+        let id = try parseJobID(request.jobID)
         let (record, freed) = try await database { connection in
             try await connection.transaction(logger: logger) { connection -> (JobRecord?, Bool) in
                 let rows = try await connection.execute("SELECT status, owner FROM jobs WHERE id = \(id) FOR UPDATE", logger: logger)
                 guard let row = rows.first else { return (nil, false) }
                 let (status, owner) = try row.decode((String, String?).self)
                 var freed = false
-                if status == JobStatus.queued.rawValue || (status == JobStatus.running.rawValue && owner == nil) {
+                if status == JobStatus.queued.name || (status == JobStatus.running.name && owner == nil) {
                     try await connection.execute("""
                         UPDATE jobs SET status = 'CANCELLED', finished_at = clock_timestamp(), updated_at = clock_timestamp(),
                                cancel_requested_at = clock_timestamp() WHERE id = \(id)
@@ -116,7 +117,7 @@ struct JobsService: Sendable {
                     _ = try await JobStore.appendStatus(id, status: .cancelled, error: nil, on: connection, logger: logger)
                     try await connection.execute("SELECT pg_notify(\(JobStore.channel), 'freed')", logger: logger)
                     freed = true
-                } else if status == JobStatus.running.rawValue {
+                } else if status == JobStatus.running.name {
                     try await connection.execute("""
                         UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, clock_timestamp()) WHERE id = \(id)
                         """, logger: logger)
@@ -132,18 +133,20 @@ struct JobsService: Sendable {
     }
 
     func watchJob(_ request: WatchJobRequest, _ writer: ResponseWriter<JobEvent>) async throws {
-        let id = try parseJobID(request.jobId)
-        let after = request.afterSeq?.value ?? 0
+        let id = try parseJobID(request.jobID)
+        let after = request.afterSeq
         guard after >= 0 else { throw RPCError(.invalidArgument, "afterSeq must not be negative") }
         guard let record = try await database({ try await JobStore.fetch(id, on: $0, logger: logger) }) else {
             throw RPCError(.notFound, "job \(id.uuidString.lowercased()) not found")
         }
         // The SNAPSHOT is not part of the job's history: it carries afterSeq, the position
         // the stream continues from, so resuming from it loses no event.
-        var snapshot = JobEvent(seq: ProtoInt64(after), type: .snapshot)
+        var snapshot = JobEvent()
+        snapshot.seq = after
+        snapshot.type = .snapshot
         snapshot.job = record.job
-        snapshot.jobId = record.job.id
-        snapshot.at = ProtoTimestamp(Date())
+        snapshot.jobID = record.job.id
+        snapshot.at = Google_Protobuf_Timestamp(date: Date())
         try await writer.write(snapshot)
         // A finished job whose history the client has seen: nothing follows the snapshot.
         if record.isTerminal && after >= record.lastSeq { return }
@@ -151,7 +154,7 @@ struct JobsService: Sendable {
             // A replica shutting down ends its watches (the client resumes elsewhere with
             // afterSeq) rather than holding the drain open until the jobs end.
             try await cancelWhenGracefulShutdown {
-                try await watchHub.watch(id, after: after) { event in try await writer.write(json: event.json) }
+                try await watchHub.watch(id, after: after) { event in try await writer.write(encoded: event.encoded) }
             }
         } catch is CancellationError where Task.isShuttingDownGracefully {
             throw RPCError(.unavailable, "ferryd is shutting down; watch again with afterSeq (another replica serves it)")
@@ -162,7 +165,7 @@ struct JobsService: Sendable {
 
     private func requireRunner(_ kind: JobKind) throws {
         guard runners.runner(for: kind) != nil else {
-            throw RPCError(.unimplemented, "job kind \(kind.rawValue) is not available in this build of ferryd")
+            throw RPCError(.unimplemented, "job kind \(kind.name) is not available in this build of ferryd")
         }
     }
 

@@ -30,7 +30,14 @@ public struct JobTouch: Sendable, Hashable, Comparable {
 public enum JobPlan {
     /// The parameters of a StartJob request: exactly one kind's member must be set.
     public static func params(of request: StartJobRequest) throws -> JobParams {
-        let params = JobParams(clone: request.clone, export: request.export, import: request.import, instanceReplace: request.instanceReplace)
+        var params = JobParams()
+        switch request.params {
+        case .clone(let clone)?: params.params = .clone(clone)
+        case .export(let export)?: params.params = .export(export)
+        case .import(let request)?: params.params = .import(request)
+        case .instanceReplace(let replace)?: params.params = .instanceReplace(replace)
+        case nil: break
+        }
         guard params.kind != nil else {
             throw RPCError(.invalidArgument, "exactly one of clone, export, import, instanceReplace must be set")
         }
@@ -40,7 +47,7 @@ public enum JobPlan {
     /// The instances and tenants `params` touches, sorted; every name checked.
     public static func touches(_ params: JobParams) throws -> [JobTouch] {
         var touches: [JobTouch] = []
-        if let clone = params.clone {
+        if case .clone(let clone)? = params.params {
             let source = try instance(clone.sourceInstance, "clone.sourceInstance")
             let sourceTenant = try tenant(clone.sourceTenant, "clone.sourceTenant")
             let target = try instance(clone.targetInstance, "clone.targetInstance")
@@ -49,14 +56,14 @@ public enum JobPlan {
                 throw RPCError(.invalidArgument, "clone source and target are the same tenant (\(source)/\(sourceTenant))")
             }
             touches = [JobTouch(instance: source, tenant: sourceTenant, writes: false), JobTouch(instance: target, tenant: targetTenant, writes: true)]
-        } else if let export = params.export {
+        } else if case .export(let export)? = params.params {
             touches = [JobTouch(instance: try instance(export.sourceInstance, "export.sourceInstance"),
                                 tenant: try tenant(export.sourceTenant, "export.sourceTenant"), writes: false)]
-        } else if let request = params.import {
-            _ = try parseJobID(request.artifactId, field: "import.artifactId")
+        } else if case .import(let request)? = params.params {
+            _ = try parseJobID(request.artifactID, field: "import.artifactId")
             touches = [JobTouch(instance: try instance(request.targetInstance, "import.targetInstance"),
                                 tenant: try tenant(request.targetTenant, "import.targetTenant"), writes: true)]
-        } else if let replace = params.instanceReplace {
+        } else if case .instanceReplace(let replace)? = params.params {
             let source = try instance(replace.sourceInstance, "instanceReplace.sourceInstance")
             let target = try instance(replace.targetInstance, "instanceReplace.targetInstance")
             if source == target {

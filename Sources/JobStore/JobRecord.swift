@@ -1,6 +1,7 @@
 import FerryProtocol
 import Foundation
 import PostgresNIO
+import SwiftProtobuf
 
 /// A job row of the control database, with what the engine needs beside the proto `Job`.
 public struct JobRecord: Sendable {
@@ -36,12 +37,12 @@ public struct JobRecord: Sendable {
             (UUID, String, String, String, Int32, UUID?, UUID, String, String?, String?, Bool?, String?, Date, Date?, Date?, Int64, String?, String?).self)
         self.id = id
         self.kind = JobKind(databaseName: kind) ?? .unspecified
-        self.status = JobStatus(rawValue: status) ?? .unspecified
-        self.params = (try? JSONValue.parse(params).decode(JobParams.self)) ?? JobParams()
+        self.status = JobStatus(name: status) ?? .unspecified
+        self.params = (try? JobParams(jsonValue: JSONValue.parse(params))) ?? JobParams()
         self.attempt = attempt
         self.rerunOf = rerunOf
         self.rootJobID = root
-        self.progress = (try? JSONValue.parse(progress).decode(JobProgress.self)) ?? JobProgress()
+        self.progress = (try? JobProgress(jsonValue: JSONValue.parse(progress))) ?? JobProgress()
         if let errorCode {
             self.error = JobError(code: errorCode, message: errorMessage ?? "", retryable: errorRetryable ?? false)
         }
@@ -56,18 +57,19 @@ public struct JobRecord: Sendable {
 
     /// The proto message.
     public var job: Job {
-        var job = Job(id: id.uuidString.lowercased())
+        var job = Job()
+        job.id = id.uuidString.lowercased()
         job.kind = kind
         job.status = status
         job.params = params
         job.attempt = attempt
         job.rerunOf = rerunOf.map { $0.uuidString.lowercased() } ?? ""
-        job.rootJobId = rootJobID.uuidString.lowercased()
+        job.rootJobID = rootJobID.uuidString.lowercased()
         job.progress = progress
-        job.error = error
-        job.createdAt = ProtoTimestamp(createdAt)
-        job.startedAt = startedAt.map(ProtoTimestamp.init)
-        job.finishedAt = finishedAt.map(ProtoTimestamp.init)
+        if let error { job.error = error }
+        job.createdAt = Google_Protobuf_Timestamp(date: createdAt)
+        if let startedAt { job.startedAt = Google_Protobuf_Timestamp(date: startedAt) }
+        if let finishedAt { job.finishedAt = Google_Protobuf_Timestamp(date: finishedAt) }
         job.createdBy = createdBy ?? ""
         return job
     }
@@ -88,7 +90,7 @@ extension JobKind {
         case .export: "export"
         case .import: "import"
         case .instanceReplace: "instance_replace"
-        case .unspecified: nil
+        case .unspecified, .UNRECOGNIZED: nil
         }
     }
 
@@ -99,28 +101,39 @@ extension JobKind {
 }
 
 extension JobParams {
-    /// The kind chosen by the member that is set, or nil when not exactly one is set.
+    /// The kind chosen by the member that is set, or nil when none is.
     public var kind: JobKind? {
-        let set: [JobKind] = [
-            clone != nil ? .clone : nil, export != nil ? .export : nil,
-            self.import != nil ? .import : nil, instanceReplace != nil ? .instanceReplace : nil,
-        ].compactMap { $0 }
-        return set.count == 1 ? set[0] : nil
+        switch params {
+        case .clone?: .clone
+        case .export?: .export
+        case .import?: .import
+        case .instanceReplace?: .instanceReplace
+        case nil: nil
+        }
+    }
+}
+
+extension JobError {
+    public init(code: String, message: String, retryable: Bool) {
+        self.init()
+        self.code = code
+        self.message = message
+        self.retryable = retryable
     }
 }
 
 extension JSONValue {
-    /// Parses JSON text (as stored in a jsonb column read as text).
+    /// Parses JSON text (as stored in a jsonb column read as text); a corrupt value is an
+    /// error, never an empty one.
     public static func parse(_ text: String) throws -> JSONValue {
-        try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+        guard let value = JSONValue(parsing: text) else {
+            throw RPCError(.dataLoss, "the control database holds JSON that does not parse")
+        }
+        return value
     }
 
     /// Compact JSON text with sorted keys.
-    public var text: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? String(decoding: encoder.encode(self), as: UTF8.self)) ?? "null"
-    }
+    public var text: String { jsonText }
 }
 
 /// Parses a job id: canonical UUID text, else INVALID_ARGUMENT.

@@ -3,6 +3,7 @@ import FerryProtocol
 import Foundation
 import Logging
 import PostgresNIO
+import SwiftProtobuf
 
 /// The SQL of jobs and their events, in one place. Every function runs on the connection it
 /// is given, so callers choose the transaction. Times come from the database clock
@@ -31,7 +32,7 @@ public enum JobStore {
         createdBy: String?, rerunOf: JobRecord?, on connection: PostgresConnection, logger: Logger
     ) async throws -> JobRecord {
         let kind = params.kind?.databaseName ?? ""
-        let paramsText = try JSONValue.encoding(params).text
+        let paramsText = try params.jsonValue().text
         let attempt = (rerunOf?.attempt ?? 0) + 1
         let root = rerunOf?.rootJobID ?? id
         let running = status == .running
@@ -39,7 +40,7 @@ public enum JobStore {
         let rows = try await connection.execute("""
             INSERT INTO jobs (id, kind, status, params, request_id, attempt, rerun_of, root_job_id, created_by,
                               resume_state, created_at, queued_at, started_at, updated_at)
-            VALUES (\(id), \(kind), \(status.rawValue), \(paramsText)::jsonb, \(requestID), \(Int32(attempt)), \(rerunOf?.id), \(root), \(createdBy),
+            VALUES (\(id), \(kind), \(status.name), \(paramsText)::jsonb, \(requestID), \(Int32(attempt)), \(rerunOf?.id), \(root), \(createdBy),
                     COALESCE((SELECT resume_state FROM jobs WHERE id = \(rerunOf?.id)), '{}'::jsonb),
                     clock_timestamp(), clock_timestamp(), CASE WHEN \(running) THEN clock_timestamp() END, clock_timestamp())
             RETURNING \(unescaped: JobRecord.columns())
@@ -54,7 +55,7 @@ public enum JobStore {
         guard let row = rows.first else { throw RPCError(.internal, "the job insert returned nothing") }
         var record = try JobRecord(row: row)
         let event = try await appendStatus(record.id, status: status, error: nil, on: connection, logger: logger)
-        record.lastSeq = event.seq?.value ?? record.lastSeq
+        record.lastSeq = event.seq
         return record
     }
 
@@ -68,7 +69,7 @@ public enum JobStore {
                 UPDATE jobs SET last_seq = last_seq + 1, updated_at = clock_timestamp() WHERE id = \(jobID) RETURNING last_seq
             ), event AS (
                 INSERT INTO job_events (job_id, seq, type, payload, created_at)
-                SELECT \(jobID), last_seq, \(type.rawValue), \(payload.text)::jsonb, clock_timestamp() FROM next
+                SELECT \(jobID), last_seq, \(type.name), \(payload.text)::jsonb, clock_timestamp() FROM next
                 RETURNING seq, created_at
             )
             SELECT e.seq, e.created_at FROM event e
@@ -80,8 +81,8 @@ public enum JobStore {
     }
 
     public static func appendStatus(_ jobID: UUID, status: JobStatus, error: JobError?, on connection: PostgresConnection, logger: Logger) async throws -> JobEvent {
-        var payload: [String: JSONValue] = ["status": .string(status.rawValue)]
-        if let error { payload["error"] = try JSONValue.encoding(error) }
+        var payload: [String: JSONValue] = ["status": .string(status.name)]
+        if let error { payload["error"] = try error.jsonValue() }
         return try await appendEvent(jobID, type: .status, payload: .object(payload), on: connection, logger: logger)
     }
 
@@ -93,21 +94,26 @@ public enum JobStore {
             """, logger: logger)
         return try rows.map { row in
             let (seq, type, payload, at) = try row.decode((Int64, String, String, Date).self)
-            return try event(jobID: jobID, seq: seq, type: JobEventType(rawValue: type) ?? .unspecified, payload: JSONValue.parse(payload), at: at)
+            return try event(jobID: jobID, seq: seq, type: JobEventType(name: type) ?? .unspecified, payload: JSONValue.parse(payload), at: at)
         }
     }
 
     static func event(jobID: UUID, seq: Int64, type: JobEventType, payload: JSONValue, at: Date) throws -> JobEvent {
-        var event = JobEvent(seq: ProtoInt64(seq), type: type)
-        event.jobId = jobID.uuidString.lowercased()
-        event.at = ProtoTimestamp(at)
+        var event = JobEvent()
+        event.seq = seq
+        event.type = type
+        event.jobID = jobID.uuidString.lowercased()
+        event.at = Google_Protobuf_Timestamp(date: at)
         switch type {
         case .progress:
-            event.progress = try payload.decode(JobProgress.self)
+            event.progress = try JobProgress(jsonValue: payload)
         case .status:
-            if case .string(let status)? = payload["status"] { event.status = JobStatus(rawValue: status) }
-            if let error = payload["error"] { event.error = try error.decode(JobError.self) }
-        case .snapshot, .unspecified:
+            guard case .string(let name)? = payload["status"], let status = JobStatus(name: name) else {
+                throw RPCError(.dataLoss, "STATUS event \(seq) of job \(event.jobID) holds no status")
+            }
+            event.status = status
+            if let error = payload["error"] { event.error = try JobError(jsonValue: error) }
+        case .snapshot, .unspecified, .UNRECOGNIZED:
             break
         }
         return event
@@ -123,7 +129,7 @@ public enum JobStore {
         precondition(status.isTerminal)
         return try await connection.transaction(logger: logger) { connection in
             let rows = try await connection.execute("""
-                UPDATE jobs SET status = \(status.rawValue), finished_at = clock_timestamp(), updated_at = clock_timestamp(),
+                UPDATE jobs SET status = \(status.name), finished_at = clock_timestamp(), updated_at = clock_timestamp(),
                        error_code = \(error?.code), error_message = \(error?.message), error_retryable = \(error?.retryable)
                  WHERE id = \(jobID) AND status = 'RUNNING' AND owner IS NOT DISTINCT FROM \(owner)
                 RETURNING \(unescaped: JobRecord.columns())
@@ -131,7 +137,7 @@ public enum JobStore {
             guard let row = rows.first else { return nil }
             var record = try JobRecord(row: row)
             let event = try await appendStatus(jobID, status: status, error: error, on: connection, logger: logger)
-            record.lastSeq = event.seq?.value ?? record.lastSeq
+            record.lastSeq = event.seq
             try await connection.execute("SELECT pg_notify(\(channel), 'freed')", logger: logger)
             return record
         }
@@ -140,7 +146,7 @@ public enum JobStore {
     /// Records new progress on the job row and as a PROGRESS event.
     public static func recordProgress(_ jobID: UUID, owner: String, progress: JobProgress, on connection: PostgresConnection, logger: Logger) async throws -> Bool {
         try await connection.transaction(logger: logger) { connection in
-            let payload = try JSONValue.encoding(progress)
+            let payload = try progress.jsonValue()
             let rows = try await connection.execute("""
                 UPDATE jobs SET progress = \(payload.text)::jsonb WHERE id = \(jobID) AND owner = \(owner) AND status = 'RUNNING' RETURNING id
                 """, logger: logger)
@@ -176,7 +182,7 @@ public enum JobStore {
     ) async throws -> [JobRecord] {
         let rows = try await connection.execute("""
             SELECT \(unescaped: JobRecord.columns()) FROM jobs j
-             WHERE (\(status?.rawValue)::text IS NULL OR j.status = \(status?.rawValue))
+             WHERE (\(status?.name)::text IS NULL OR j.status = \(status?.name))
                AND (\(kind?.databaseName)::text IS NULL OR j.kind = \(kind?.databaseName))
                AND (\(instance)::text IS NULL OR EXISTS (SELECT 1 FROM job_instances ji WHERE ji.job_id = j.id AND ji.instance_id = \(instance)))
                AND (\(after?.micros)::bigint IS NULL

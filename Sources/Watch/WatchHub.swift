@@ -60,7 +60,7 @@ public final class WatchHub: Sendable {
                 // Behind the feed's memory: read this watcher's gap from the database.
                 batch = try await client.withConnection { connection in
                     try await JobStore.events(jobID, after: cursor, limit: Feed.capacity, on: connection, logger: logger)
-                }.map(WatchedEvent.init)
+                }.map { try WatchedEvent($0) }
             }
             if batch.isEmpty {
                 if feed.isFinished(after: cursor) { return }
@@ -124,7 +124,7 @@ public final class WatchHub: Sendable {
                 let events = try await client.withConnection { connection in
                     try await JobStore.events(feed.jobID, after: after, limit: Feed.capacity, on: connection, logger: logger)
                 }
-                feed.append(events.map(WatchedEvent.init))
+                feed.append(try events.map { try WatchedEvent($0) })
                 if feed.terminalKnown { return }
                 if events.count == Feed.capacity { continue }
             } catch {
@@ -217,16 +217,16 @@ final class Feed: @unchecked Sendable {
     }
 }
 
-/// A job event and its JSON form, encoded once.
+/// A job event and its wire form, encoded once however many watchers it goes to.
 public struct WatchedEvent: Sendable {
     public let event: JobEvent
-    public let json: JSONValue
+    public let encoded: EncodedMessage<JobEvent>
 
-    init(_ event: JobEvent) {
+    init(_ event: JobEvent) throws {
         self.event = event
-        self.json = (try? JSONValue.encoding(event)) ?? .object([:])
+        self.encoded = try EncodedMessage(event)
     }
 
-    var seq: Int64 { event.seq?.value ?? 0 }
-    var isTerminal: Bool { event.type == .status && (event.status?.isTerminal ?? false) }
+    var seq: Int64 { event.seq }
+    var isTerminal: Bool { event.type == .status && event.status.isTerminal }
 }

@@ -3,6 +3,7 @@ import FerryClient
 import FerryCore
 import FerryProtocol
 import Foundation
+import SwiftProtobuf
 
 /// `ferry bench jobs`: the job engine's figures against a ferryd whose job kinds finish on
 /// their own (the benchmark script runs `ferryd-test`, whose CLONE steps through a timer).
@@ -50,7 +51,7 @@ struct BenchJobs: AsyncParsableCommand {
         let runID = String(UUID().uuidString.prefix(6)).lowercased()
         let instanceIDs = (0..<instances).map { "bench-\(runID)-\($0)" }
         for id in instanceIDs {
-            let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: id, dsn: instanceDSN))
+            _ = try await client.unary(FerryMethods.putInstance, .with { $0.id = id; $0.dsn = instanceDSN })
         }
         try await admission(configuration, instanceIDs: instanceIDs)
         try await startToRunning(client, instance: instanceIDs[0])
@@ -72,12 +73,12 @@ struct BenchJobs: AsyncParsableCommand {
                 group.addTask {
                     var request = StartJobRequest()
                     let instance = instanceIDs[index % instanceIDs.count]
-                    request.clone = CloneParams(sourceInstance: instance, sourceTenant: "src", targetInstance: instance, targetTenant: "b\(index)")
+                    request.clone = .clone(from: instance, "src", to: instance, "b\(index)")
                     request.queue = true
                     let started = clock.now
                     do {
-                        let job: Job = try await clients[index % clients.count].unary(FerryMethod.startJob.rawValue, request)
-                        return (clock.now - started, job.status?.rawValue ?? "?", job.id)
+                        let job = try await clients[index % clients.count].unary(FerryMethods.startJob, request)
+                        return (clock.now - started, job.status.name, job.id)
                     } catch let error as RPCError {
                         return (clock.now - started, error.code.rawValue, nil)
                     } catch {
@@ -104,8 +105,8 @@ struct BenchJobs: AsyncParsableCommand {
                 var request = ListJobsRequest()
                 request.instance = instance
                 request.pageSize = 500
-                let page: ListJobsResponse = try await clients[0].unary(FerryMethod.listJobs.rawValue, request)
-                let mine = page.jobs.filter { ids.contains($0.id ?? "") }
+                let page = try await clients[0].unary(FerryMethods.listJobs, request)
+                let mine = page.jobs.filter { ids.contains($0.id) }
                 peak = max(peak, mine.filter { $0.status == .running }.count)
                 open += mine.filter { $0.status == .running || $0.status == .queued }.count
             }
@@ -126,18 +127,18 @@ struct BenchJobs: AsyncParsableCommand {
         var toExecuting: [Duration] = []
         for index in 0..<sequential {
             var request = StartJobRequest()
-            request.clone = CloneParams(sourceInstance: instance, sourceTenant: "src", targetInstance: instance, targetTenant: "s\(index)")
+            request.clone = .clone(from: instance, "src", to: instance, "s\(index)")
             let started = clock.now
-            let job: Job = try await client.unary(FerryMethod.startJob.rawValue, request)
+            let job = try await client.unary(FerryMethods.startJob, request)
             if job.status == .running { toRunning.append(clock.now - started) }
             // The first PROGRESS event is written once an executor claimed the job and ran it.
-            for try await event in try client.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: job.id), as: JobEvent.self) {
+            for try await event in try client.serverStream(FerryMethods.watchJob, .with { $0.jobID = job.id }) {
                 if event.type == .progress {
                     toExecuting.append(clock.now - started)
                     break
                 }
             }
-            _ = try await waitUntilFinished(client, job.id ?? "")
+            _ = try await waitUntilFinished(client, job.id)
         }
         print("== start to RUNNING: \(sequential) jobs one at a time")
         print("StartJob answered RUNNING: \(percentiles(toRunning))")
@@ -146,7 +147,7 @@ struct BenchJobs: AsyncParsableCommand {
 
     private func waitUntilFinished(_ client: FerryClient, _ id: String) async throws -> Job {
         while true {
-            let job: Job = try await client.unary(FerryMethod.getJob.rawValue, GetJobRequest(jobId: id))
+            let job = try await client.unary(FerryMethods.getJob, .with { $0.jobID = id })
             if job.status == .succeeded || job.status == .failed || job.status == .cancelled { return job }
             try await Task.sleep(for: .milliseconds(20))
         }
@@ -157,9 +158,10 @@ struct BenchJobs: AsyncParsableCommand {
     private func watchFanOut(_ configuration: FerryClientConfiguration, client: FerryClient, instance: String) async throws {
         var request = StartJobRequest()
         let steps = max(watchSeconds * 2, 1)
-        request.clone = CloneParams(sourceInstance: instance, sourceTenant: "src", targetInstance: instance, targetTenant: "watched_\(watchSeconds * 1000)_\(steps)")
-        let job: Job = try await client.unary(FerryMethod.startJob.rawValue, request)
-        guard let id = job.id else { throw CLIError("StartJob returned no id") }
+        request.clone = .clone(from: instance, "src", to: instance, "watched_\(watchSeconds * 1000)_\(steps)")
+        let job = try await client.unary(FerryMethods.startJob, request)
+        let id = job.id
+        guard !id.isEmpty else { throw CLIError("StartJob returned no id") }
         let perConnection = 100
         var opened: [FerryClient] = []
         for _ in 0..<((watchers + perConnection - 1) / perConnection) { opened.append(try await FerryClient.connect(configuration)) }
@@ -174,7 +176,7 @@ struct BenchJobs: AsyncParsableCommand {
                     var result = WatchResult()
                     var subscribedAt = Date.distantFuture
                     do {
-                        for try await event in try clients[index / perConnection].serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: id), as: JobEvent.self) {
+                        for try await event in try clients[index / perConnection].serverStream(FerryMethods.watchJob, .with { $0.jobID = id }) {
                             let arrived = Date()
                             if event.type == .snapshot {
                                 subscribedAt = arrived
@@ -182,9 +184,10 @@ struct BenchJobs: AsyncParsableCommand {
                                 continue
                             }
                             result.events += 1
-                            if event.type == .status { result.statuses.append(event.status ?? .unspecified) }
+                            if event.type == .status { result.statuses.append(event.status) }
                             // Events written before this watcher subscribed are history, not lag.
-                            if let at = event.at?.date, at >= subscribedAt {
+                            if event.hasAt, event.at.date >= subscribedAt {
+                                let at = event.at.date
                                 result.lags.append(arrived.timeIntervalSince(at))
                             }
                         }

@@ -16,8 +16,8 @@ struct Health: AsyncParsableCommand {
         let client = try await connection.connect()
         defer { client.close() }
         let response = try await client.check(timeout: .milliseconds(Int(timeout * 1000)))
-        let status = response.status ?? .unspecified
-        print(status.rawValue)
+        let status = response.status
+        print(status.name)
         if status != .serving { throw ExitCode(1) }
     }
 }

@@ -6,6 +6,7 @@ import FerryTestSupport
 import Foundation
 import Logging
 import PostgresNIO
+import SwiftProtobuf
 import Testing
 
 /// Several real `ferryd-test` replicas on one control database (directly, or through a
@@ -105,7 +106,7 @@ final class Replicas: Sendable {
             let client = try await replicas.client(0)
             defer { client.close() }
             for (id, url) in instances.sorted(by: { $0.key < $1.key }) {
-                let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: id, dsn: url.secretURLString))
+                _ = try await client.unary(FerryMethods.putInstance, .with { $0.id = id; $0.dsn = url.secretURLString })
             }
         } catch {
             _ = await replicas.stop()
@@ -151,27 +152,27 @@ final class Replicas: Sendable {
 /// A StartJob request for a test clone on one instance.
 func cloneRequest(instance: String, source: String = "src", target: String, queue: Bool = false, requestID: String? = nil) -> StartJobRequest {
     var request = StartJobRequest()
-    request.clone = CloneParams(sourceInstance: instance, sourceTenant: source, targetInstance: instance, targetTenant: target)
+    request.clone = .clone(from: instance, source, to: instance, target)
     request.queue = queue
-    request.requestId = requestID
+    request.requestID = requestID ?? ""
     return request
 }
 
 extension FerryClient {
     func startJob(_ request: StartJobRequest) async throws -> Job {
-        try await unary(FerryMethod.startJob.rawValue, request)
+        try await unary(FerryMethods.startJob, request)
     }
 
     func job(_ id: String) async throws -> Job {
-        try await unary(FerryMethod.getJob.rawValue, GetJobRequest(jobId: id))
+        try await unary(FerryMethods.getJob, .with { $0.jobID = id })
     }
 
     func rerun(_ id: String, requestID: String? = nil) async throws -> Job {
-        try await unary(FerryMethod.rerunJob.rawValue, RerunJobRequest(jobId: id, queue: false, requestId: requestID))
+        try await unary(FerryMethods.rerunJob, .with { $0.jobID = id; $0.requestID = requestID ?? "" })
     }
 
     func cancel(_ id: String) async throws -> Job {
-        try await unary(FerryMethod.cancelJob.rawValue, CancelJobRequest(jobId: id))
+        try await unary(FerryMethods.cancelJob, .with { $0.jobID = id })
     }
 
     /// Polls GetJob until `condition` holds (or fails the test after `timeout`).

@@ -6,6 +6,7 @@ import FerryTestSupport
 import Foundation
 import PostgresNIO
 import Synchronization
+import SwiftProtobuf
 import Testing
 
 /// The job engine with three real `ferryd-test` replicas on one control database: admission
@@ -68,9 +69,9 @@ import Testing
                             let request = cloneRequest(instance: instanceIDs[k % instanceIDs.count], target: "t\(k % 7)", queue: (k / instanceIDs.count) % 2 == 0)
                             do {
                                 let job = try await clients[worker].startJob(request)
-                                let status = job.status?.rawValue ?? "?"
+                                let status = job.status.name
                                 outcomes.withLock { $0[status, default: 0] += 1 }
-                                admitted.withLock { $0.append(job.id ?? "") }
+                                admitted.withLock { $0.append(job.id) }
                             } catch let error as RPCError {
                                 outcomes.withLock { $0[error.code.rawValue, default: 0] += 1 }
                                 if error.code == .resourceExhausted {
@@ -173,21 +174,21 @@ import Testing
             let request = cloneRequest(instance: "i0", target: "idem", queue: true, requestID: "req-1")
             let first = try await a.startJob(request)
             let again = try await b.startJob(request)
-            #expect(first.id == again.id && first.id != nil)
+            #expect(first.id == again.id && !first.id.isEmpty)
             // The same key for a different request is refused, naming the first job.
             let other = cloneRequest(instance: "i0", target: "other", queue: true, requestID: "req-1")
             #expect(await statusCode { _ = try await a.startJob(other) } == .alreadyExists)
             // Concurrent repeats on both replicas still make one job.
             let ids = try await withThrowingTaskGroup(of: String.self) { group in
                 for index in 0..<20 {
-                    group.addTask { try await (index % 2 == 0 ? a : b).startJob(cloneRequest(instance: "i0", target: "race", queue: true, requestID: "req-2")).id ?? "" }
+                    group.addTask { try await (index % 2 == 0 ? a : b).startJob(cloneRequest(instance: "i0", target: "race", queue: true, requestID: "req-2")).id }
                 }
                 return try await group.reduce(into: Set<String>()) { $0.insert($1) }
             }
             #expect(ids.count == 1)
             let stored = try await replicas.query { try await $0.execute("SELECT count(*)::int FROM jobs WHERE request_id = 'req-2'", logger: logger).first!.decode(Int.self) }
             #expect(stored == 1)
-            _ = try await a.waitFor(first.id!) { $0.status == .succeeded }
+            _ = try await a.waitFor(first.id) { $0.status == .succeeded }
             // After the job finished, the key still names it (no second job is started).
             #expect(try await b.startJob(request).id == first.id)
         }
@@ -201,10 +202,10 @@ import Testing
             let client = try await replicas.client(0)
             defer { client.close() }
             let started = try await client.startJob(cloneRequest(instance: "i0", target: "victim"))
-            let id = try #require(started.id)
+            let id = started.id
             #expect(started.status == .running)
             // Let it get a few steps in, then kill whichever replica runs it.
-            _ = try await client.waitFor(id) { ($0.progress?.tablesDone?.value ?? 0) >= 3 }
+            _ = try await client.waitFor(id) { $0.progress.tablesDone >= 3 }
             let owner = try await replicas.query { try await $0.execute("SELECT owner FROM jobs WHERE id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(String.self) }
             let victim = try #require(replicas.index(ofOwner: owner))
             replicas.servers[victim].process.child.signal(SIGKILL)
@@ -215,20 +216,20 @@ import Testing
             let failed = try await survivor.waitFor(id, timeout: .seconds(20)) { $0.status == .failed }
             // Heartbeat timeout 2 s, leader lease 2 s (the leader may have been the victim).
             #expect(ContinuousClock.now - killedAt < .seconds(12))
-            #expect(failed.error?.code == "UNAVAILABLE" && failed.error?.retryable == true, "\(String(describing: failed.error))")
-            #expect(failed.error?.message?.contains("stopped heartbeating") == true)
+            #expect(failed.error.code == "UNAVAILABLE" && failed.error.retryable, "\(failed.error)")
+            #expect(failed.error.message.contains("stopped heartbeating"))
             let saved = try await replicas.query {
                 try await $0.execute("SELECT (resume_state->>'step')::int FROM jobs WHERE id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(Int.self)
             }
             #expect(saved >= 3)
 
             let rerun = try await survivor.rerun(id)
-            #expect(rerun.attempt == 2 && rerun.rerunOf == id && rerun.rootJobId == id)
-            let done = try await survivor.waitFor(try #require(rerun.id), timeout: .seconds(30)) { $0.status == .succeeded }
+            #expect(rerun.attempt == 2 && rerun.rerunOf == id && rerun.rootJobID == id)
+            let done = try await survivor.waitFor(rerun.id, timeout: .seconds(30)) { $0.status == .succeeded }
             // The rerun continued from the lineage's saved step instead of starting over.
-            #expect(done.progress?.current == "resumed at step \(saved)", "\(String(describing: done.progress))")
-            #expect(done.progress?.rowsCopied?.value == Int64(16 - saved))
-            #expect(done.progress?.tablesDone?.value == 16)
+            #expect(done.progress.current == "resumed at step \(saved)", "\(done.progress)")
+            #expect(done.progress.rowsCopied == Int64(16 - saved))
+            #expect(done.progress.tablesDone == 16)
         }
     }
 
@@ -255,10 +256,10 @@ import Testing
             let clientB = try await FerryClient.connect(FerryClientConfiguration(host: b.host, port: b.port, trustRootsFile: certificate, token: token))
             defer { clientB.close() }
             let instance = try await TestPostgres.shared.freshDatabase("inst")
-            let _: PutInstanceResponse = try await clientB.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "i0", dsn: instance.secretURLString))
+            _ = try await clientB.unary(FerryMethods.putInstance, .with { $0.id = "i0"; $0.dsn = instance.secretURLString })
             let job = try await clientB.startJob(cloneRequest(instance: "i0", target: "fenced"))
-            let id = try #require(job.id)
-            _ = try await clientB.waitFor(id) { $0.progress?.current != nil }
+            let id = job.id
+            _ = try await clientB.waitFor(id) { !$0.progress.phase.isEmpty }
             // A connects directly and will lead once B's lease lapses.
             try await ServingFerryd.with(arguments, environment: environmentA, binary: FerryBinaries.ferrydTest) { a in
                 let clientA = try await FerryClient.connect(FerryClientConfiguration(host: a.host, port: a.port, trustRootsFile: certificate, token: token))
@@ -266,7 +267,7 @@ import Testing
 
                 await bouncer.stop()
                 let failed = try await clientA.waitFor(id, timeout: .seconds(20)) { $0.status == .failed }
-                #expect(failed.error?.message?.contains("stopped heartbeating") == true)
+                #expect(failed.error.message.contains("stopped heartbeating"))
                 // B stopped the job on its own, without waiting to hear about the rescue.
                 var fenced = false
                 for _ in 0..<50 where !fenced {
@@ -304,8 +305,8 @@ import Testing
             let first = try await replicas.client(0)
             defer { first.close() }
             let job = try await first.startJob(cloneRequest(instance: "i0", target: "cancelme"))
-            let id = try #require(job.id)
-            _ = try await first.waitFor(id) { ($0.progress?.tablesDone?.value ?? 0) >= 2 }
+            let id = job.id
+            _ = try await first.waitFor(id) { $0.progress.tablesDone >= 2 }
             let owner = try await replicas.query { try await $0.execute("SELECT owner FROM jobs WHERE id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(String.self) }
             let runner = try #require(replicas.index(ofOwner: owner))
             // Ask the other replica.
@@ -317,12 +318,12 @@ import Testing
             let cancelled = try await other.waitFor(id, timeout: .seconds(10)) { $0.status == .cancelled }
             #expect(cancelled.status == .cancelled)
             #expect(ContinuousClock.now - asked < .seconds(5), "cancel took \(ContinuousClock.now - asked)")
-            #expect(cancelled.finishedAt != nil && cancelled.error == nil)
+            #expect(cancelled.hasFinishedAt && !cancelled.hasError)
             // Cancelled stays resumable.
             let rerun = try await other.rerun(id)
-            let resumed = try await other.waitFor(try #require(rerun.id)) { ($0.progress?.current ?? "").hasPrefix("resumed") }
-            #expect(resumed.progress?.current != "resumed at step 0")
-            _ = try await other.cancel(try #require(rerun.id))
+            let resumed = try await other.waitFor(rerun.id) { $0.progress.current.hasPrefix("resumed") }
+            #expect(resumed.progress.current != "resumed at step 0")
+            _ = try await other.cancel(rerun.id)
             // A job that ended cannot be cancelled again: the answer is the job as it is.
             #expect(try await other.cancel(id).status == .cancelled)
         }
@@ -334,49 +335,49 @@ import Testing
             let starter = try await replicas.client(0)
             defer { starter.close() }
             let job = try await starter.startJob(cloneRequest(instance: "i0", target: "watched"))
-            let id = try #require(job.id)
-            _ = try await starter.waitFor(id) { $0.progress?.tablesDone != nil }
+            let id = job.id
+            _ = try await starter.waitFor(id) { !$0.progress.phase.isEmpty }
             let owner = try await replicas.query { try await $0.execute("SELECT owner FROM jobs WHERE id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(String.self) }
             let watcherIndex = (try #require(replicas.index(ofOwner: owner))) + 1
 
             // First session: the SNAPSHOT and a few events, then the connection drops.
             var seen: [JobEvent] = []
             let firstSession = try await replicas.client(watcherIndex)
-            for try await event in try firstSession.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: id), as: JobEvent.self) {
+            for try await event in try firstSession.serverStream(FerryMethods.watchJob, .with { $0.jobID = id }) {
                 seen.append(event)
                 if seen.count == 5 { break }
             }
             firstSession.close()
-            #expect(seen.first?.type == .snapshot && seen.first?.job?.id == id)
-            let lastSeq = try #require(seen.last?.seq?.value)
+            #expect(seen.first?.type == .snapshot && seen.first?.job.id == id)
+            let lastSeq = try #require(seen.last?.seq)
             try await Task.sleep(for: .milliseconds(500))
 
             // Second session resumes after the last seq seen.
             let secondSession = try await replicas.client(watcherIndex)
             defer { secondSession.close() }
             var resumed: [JobEvent] = []
-            for try await event in try secondSession.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: id, afterSeq: ProtoInt64(lastSeq)), as: JobEvent.self) {
+            for try await event in try secondSession.serverStream(FerryMethods.watchJob, .with { $0.jobID = id; $0.afterSeq = lastSeq }) {
                 resumed.append(event)
             }
-            #expect(resumed.first?.type == .snapshot && resumed.first?.seq?.value == lastSeq)
+            #expect(resumed.first?.type == .snapshot && resumed.first?.seq == lastSeq)
             let history = seen.dropFirst() + resumed.dropFirst()
-            let seqs = history.compactMap { $0.seq?.value }
+            let seqs = history.map(\.seq)
             #expect(seqs == seqs.sorted() && Set(seqs).count == seqs.count, "seqs not increasing: \(seqs)")
             let statuses = history.filter { $0.type == .status }
-            #expect(statuses.map(\.status) == [.running, .succeeded], "\(statuses.map { ($0.seq?.value ?? 0, $0.status?.rawValue ?? "") })")
+            #expect(statuses.map(\.status) == [.running, .succeeded], "\(statuses.map { ($0.seq, $0.status.name) })")
             let stored = try await replicas.query {
                 try await $0.execute("SELECT seq FROM job_events WHERE job_id = \(UUID(uuidString: id)!) AND type = 'STATUS' ORDER BY seq", logger: logger).map { try $0.decode(Int64.self) }
             }
-            #expect(statuses.compactMap { $0.seq?.value } == stored)
+            #expect(statuses.map(\.seq) == stored)
             #expect(history.last?.status == .succeeded)
 
             // A finished job's watch ends at once: the snapshot, then what follows afterSeq.
             var finished: [JobEvent] = []
-            for try await event in try secondSession.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: id, afterSeq: ProtoInt64(stored.last!)), as: JobEvent.self) {
+            for try await event in try secondSession.serverStream(FerryMethods.watchJob, .with { $0.jobID = id; $0.afterSeq = stored.last! }) {
                 finished.append(event)
             }
             #expect(finished.map(\.type) == [.snapshot])
-            #expect(finished.first?.job?.status == .succeeded)
+            #expect(finished.first?.job.status == .succeeded)
         }
     }
 
@@ -388,11 +389,11 @@ import Testing
             defer { client.close() }
             let unknown = UUID().uuidString.lowercased()
             let watchUnknown = await statusCode {
-                for try await _ in try client.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: unknown), as: JobEvent.self) {}
+                for try await _ in try client.serverStream(FerryMethods.watchJob, .with { $0.jobID = unknown }) {}
             }
             #expect(watchUnknown == .notFound)
             let watchMalformed = await statusCode {
-                for try await _ in try client.serverStream(FerryMethod.watchJob.rawValue, WatchJobRequest(jobId: "not-a-uuid"), as: JobEvent.self) {}
+                for try await _ in try client.serverStream(FerryMethods.watchJob, .with { $0.jobID = "not-a-uuid" }) {}
             }
             #expect(watchMalformed == .invalidArgument)
             #expect(await statusCode { _ = try await client.job(unknown) } == .notFound)
@@ -400,25 +401,25 @@ import Testing
             #expect(await statusCode { _ = try await client.rerun(unknown) } == .notFound)
 
             let running = try await client.startJob(cloneRequest(instance: "i0", target: "busy"))
-            #expect(await statusCode { _ = try await client.rerun(running.id!) } == .failedPrecondition)
-            _ = try await client.cancel(running.id!)
-            _ = try await client.waitFor(running.id!) { $0.status == .cancelled }
+            #expect(await statusCode { _ = try await client.rerun(running.id) } == .failedPrecondition)
+            _ = try await client.cancel(running.id)
+            _ = try await client.waitFor(running.id) { $0.status == .cancelled }
 
             let quick = try await client.startJob(cloneRequest(instance: "i0", target: "quick"))
-            _ = try await client.cancel(quick.id!)
-            _ = try await client.waitFor(quick.id!) { $0.status == .cancelled }
-            let first = try await client.rerun(quick.id!)
+            _ = try await client.cancel(quick.id)
+            _ = try await client.waitFor(quick.id) { $0.status == .cancelled }
+            let first = try await client.rerun(quick.id)
             // One rerun per job: the lineage stays a line.
-            #expect(await statusCode { _ = try await client.rerun(quick.id!) } == .failedPrecondition)
-            let succeeded = try await client.waitFor(first.id!, timeout: .seconds(30)) { $0.status == .succeeded }
-            #expect(await statusCode { _ = try await client.rerun(succeeded.id!) } == .failedPrecondition)
+            #expect(await statusCode { _ = try await client.rerun(quick.id) } == .failedPrecondition)
+            let succeeded = try await client.waitFor(first.id, timeout: .seconds(30)) { $0.status == .succeeded }
+            #expect(await statusCode { _ = try await client.rerun(succeeded.id) } == .failedPrecondition)
 
             // Bad parameters, unknown instances and kinds this build lacks.
             #expect(await statusCode { _ = try await client.startJob(StartJobRequest()) } == .invalidArgument)
             #expect(await statusCode { _ = try await client.startJob(cloneRequest(instance: "i0", target: "Bad-Name")) } == .invalidArgument)
             #expect(await statusCode { _ = try await client.startJob(cloneRequest(instance: "nowhere", target: "x")) } == .notFound)
             var importRequest = StartJobRequest()
-            importRequest.import = ImportParams(artifactId: UUID().uuidString.lowercased(), targetInstance: "i0", targetTenant: "imp")
+            importRequest.import = .with { $0.artifactID = UUID().uuidString.lowercased(); $0.targetInstance = "i0"; $0.targetTenant = "imp" }
             #expect(await statusCode { _ = try await client.startJob(importRequest) } == .unimplemented)
         }
     }
@@ -430,7 +431,7 @@ import Testing
             var ids: [String] = []
             for k in 0..<7 {
                 let job = try await client.startJob(cloneRequest(instance: k < 5 ? "i0" : "i1", target: "l\(k)", queue: true))
-                ids.append(job.id!)
+                ids.append(job.id)
             }
             for id in ids { _ = try await client.waitFor(id) { $0.status == .succeeded } }
             var pages: [[String]] = []
@@ -439,9 +440,9 @@ import Testing
                 var request = ListJobsRequest()
                 request.pageSize = 3
                 request.pageToken = token
-                let page: ListJobsResponse = try await client.unary(FerryMethod.listJobs.rawValue, request)
-                pages.append(page.jobs.compactMap(\.id))
-                token = page.nextPageToken ?? ""
+                let page = try await client.unary(FerryMethods.listJobs, request)
+                pages.append(page.jobs.map(\.id))
+                token = page.nextPageToken
             } while !token.isEmpty
             #expect(pages.map(\.count) == [3, 3, 1])
             #expect(pages.flatMap { $0 } == ids.reversed(), "newest first, each job once")
@@ -449,11 +450,11 @@ import Testing
             filtered.instance = "i1"
             filtered.status = .succeeded
             filtered.kind = .clone
-            let onI1: ListJobsResponse = try await client.unary(FerryMethod.listJobs.rawValue, filtered)
-            #expect(onI1.jobs.compactMap(\.id) == Array(ids.suffix(2).reversed()))
+            let onI1 = try await client.unary(FerryMethods.listJobs, filtered)
+            #expect(onI1.jobs.map(\.id) == Array(ids.suffix(2).reversed()))
             var bad = ListJobsRequest()
             bad.pageToken = "garbage!"
-            #expect(await statusCode { let _: ListJobsResponse = try await client.unary(FerryMethod.listJobs.rawValue, bad) } == .invalidArgument)
+            #expect(await statusCode { _ = try await client.unary(FerryMethods.listJobs, bad) } == .invalidArgument)
         }
     }
 
@@ -465,27 +466,27 @@ import Testing
             try await url.withConnection(logger: logger) { connection in
                 for schema in ["acme", "globex", "_initech"] { try await connection.execute(PostgresQuery(unsafeSQL: "CREATE SCHEMA \(schema)"), logger: logger) }
             }
-            let tenants: ListTenantsResponse = try await client.unary(FerryMethod.listTenants.rawValue, ListTenantsRequest(instanceId: "i0"))
+            let tenants = try await client.unary(FerryMethods.listTenants, .with { $0.instanceID = "i0" })
             #expect(tenants.tenants == ["_initech", "acme", "globex"])
-            #expect(await statusCode { let _: ListTenantsResponse = try await client.unary(FerryMethod.listTenants.rawValue, ListTenantsRequest(instanceId: "nope")) } == .notFound)
+            #expect(await statusCode { _ = try await client.unary(FerryMethods.listTenants, .with { $0.instanceID = "nope" }) } == .notFound)
 
             // key=value DSNs work too; the password never comes back.
             let keyValue = "host=\(url.host) port=\(url.port) user=\(url.user) password='\(url.password ?? "")' dbname=\(url.database) sslmode=disable"
-            let put: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "kv", dsn: keyValue))
-            #expect(put.instance?.hasPassword == true && (put.instance?.dsn ?? "").isEmpty)
-            let listed: ListInstancesResponse = try await client.unary(FerryMethod.listInstances.rawValue, ListInstancesRequest())
-            #expect(listed.instances.compactMap(\.id) == ["i0", "kv"])
-            #expect(listed.instances.allSatisfy { ($0.dsn ?? "").isEmpty })
+            let put = try await client.unary(FerryMethods.putInstance, .with { $0.id = "kv"; $0.dsn = keyValue })
+            #expect(put.instance.hasPassword_p && put.instance.dsn.isEmpty)
+            let listed = try await client.unary(FerryMethods.listInstances, ListInstancesRequest())
+            #expect(listed.instances.map(\.id) == ["i0", "kv"])
+            #expect(listed.instances.allSatisfy { $0.dsn.isEmpty })
 
             // A DSN that does not connect is refused and not stored; nor is a malformed one.
             var wrong = url
             wrong.password = "wrong-password"
             let refused = await statusCode {
-                let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "bad", dsn: wrong.secretURLString))
+                _ = try await client.unary(FerryMethods.putInstance, .with { $0.id = "bad"; $0.dsn = wrong.secretURLString })
             }
             #expect(refused == .failedPrecondition)
-            #expect(await statusCode { let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "bad", dsn: "host=")) } == .invalidArgument)
-            #expect(await statusCode { let _: PutInstanceResponse = try await client.unary(FerryMethod.putInstance.rawValue, PutInstanceRequest(id: "Bad Id", dsn: url.secretURLString)) } == .invalidArgument)
+            #expect(await statusCode { _ = try await client.unary(FerryMethods.putInstance, .with { $0.id = "bad"; $0.dsn = "host=" }) } == .invalidArgument)
+            #expect(await statusCode { _ = try await client.unary(FerryMethods.putInstance, .with { $0.id = "Bad Id"; $0.dsn = url.secretURLString }) } == .invalidArgument)
             let stored = try await replicas.query { try await $0.execute("SELECT count(*)::int FROM instances WHERE id = 'bad'", logger: logger).first!.decode(Int.self) }
             #expect(stored == 0)
             let output = replicas.servers[0].process.output

@@ -16,9 +16,9 @@ import Testing
     }
 
     /// The status code a call ends with (OK when it succeeds).
-    private func code(_ client: FerryClient, _ method: FerryMethod, _ message: JSONValue = .object([:])) async -> StatusCode {
+    private func code(_ client: FerryClient, _ method: MethodInfo, _ message: JSONValue = .object([:])) async -> StatusCode {
         do {
-            for try await _ in client.call(method.rawValue, message: message, timeout: .seconds(30)) {}
+            for try await _ in client.call(method.name, json: message, timeout: .seconds(30)) {}
             return .ok
         } catch let error as RPCError {
             return error.code
@@ -57,13 +57,13 @@ import Testing
             let anonymous = try await client(server, caFile: caFile, token: nil)
             defer { anonymous.close() }
             #expect(try await anonymous.check().status == .serving)
-            #expect(await code(anonymous, .listJobs) == .unauthenticated)
+            #expect(await code(anonymous, FerryMethods.listJobs.info) == .unauthenticated)
             let admin = try await client(server, caFile: caFile, token: token)
             // The role is enough; then the empty request itself is refused.
-            #expect(await code(admin, .putInstance) == .invalidArgument)
+            #expect(await code(admin, FerryMethods.putInstance.info) == .invalidArgument)
             let wrong = try await client(server, caFile: caFile, token: "fy_not-the-token")
             defer { wrong.close() }
-            #expect(await code(wrong, .getJob) == .unauthenticated)
+            #expect(await code(wrong, FerryMethods.getJob.info) == .unauthenticated)
 
             // SIGTERM: the open connection is told goaway, the process exits 0, and the
             // generated key and token went with the cluster directory.
@@ -119,18 +119,18 @@ import Testing
             defer { for client in [viewer, operatorClient, admin] { client.close() } }
             // Roles are checked before the request: an empty one is refused only once the role
             // is enough.
-            #expect(await code(viewer, .getJob) == .invalidArgument)
-            #expect(await code(viewer, .startJob) == .permissionDenied)
-            #expect(await code(operatorClient, .startJob) == .invalidArgument)
-            #expect(await code(operatorClient, .putInstance) == .permissionDenied)
-            #expect(await code(admin, .putInstance) == .invalidArgument)
+            #expect(await code(viewer, FerryMethods.getJob.info) == .invalidArgument)
+            #expect(await code(viewer, FerryMethods.startJob.info) == .permissionDenied)
+            #expect(await code(operatorClient, FerryMethods.startJob.info) == .invalidArgument)
+            #expect(await code(operatorClient, FerryMethods.putInstance.info) == .permissionDenied)
+            #expect(await code(admin, FerryMethods.putInstance.info) == .invalidArgument)
             // ferryd itself has no job kinds yet (they come with the data mover): a well-formed
             // StartJob is UNIMPLEMENTED, and nothing is admitted.
             let clone: JSONValue = .object(["clone": .object([
                 "sourceInstance": .string("a"), "sourceTenant": .string("s"), "targetInstance": .string("b"), "targetTenant": .string("t"),
             ])])
-            #expect(await code(operatorClient, .startJob, clone) == .unimplemented)
-            #expect(await code(admin, FerryMethod.healthCheck) == .ok)
+            #expect(await code(operatorClient, FerryMethods.startJob.info, clone) == .unimplemented)
+            #expect(await code(admin, FerryMethods.healthCheck.info) == .ok)
 
             let result = await server.stop()
             #expect(result.status == 0, "\(result.output)")

@@ -108,7 +108,7 @@ import Testing
             }
             // The same connection still works.
             try await raw.sendFrame(#"{"type":"call","stream":11,"method":"ferry.v1.Health/Check","message":{}}"#)
-            #expect(try await raw.next() == .message(stream: 11, message: .object(["status": .string("SERVING")])))
+            #expect(try await raw.next() == .message(stream: 11, json: .object(["status": .string("SERVING")])))
             #expect(try await raw.next() == .status(stream: 11, code: .ok, message: "", details: nil))
         }
     }
@@ -155,7 +155,7 @@ import Testing
             #expect(server.probe.count("sleep.cancelled") == 1)
             // Once ended, the id may be used again.
             try await raw.sendFrame(#"{"type":"call","stream":5,"method":"ferry.v1.Health/Check"}"#)
-            #expect(try await raw.next() == .message(stream: 5, message: .object(["status": .string("SERVING")])))
+            #expect(try await raw.next() == .message(stream: 5, json: .object(["status": .string("SERVING")])))
         }
     }
 

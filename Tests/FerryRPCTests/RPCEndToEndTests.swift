@@ -2,6 +2,7 @@ import FerryClient
 import FerryProtocol
 import FerryRPC
 import Foundation
+import SwiftProtobuf
 import Testing
 
 /// The server and the client library over real TLS on loopback.
@@ -20,8 +21,8 @@ import Testing
             let client = try await server.client(token: TestTokens.viewer)
             defer { client.close() }
             var seqs: [Int64] = []
-            for try await event in try client.serverStream("ferry.v1.Jobs/WatchJob", WatchJobRequest(jobId: "count:25:0", afterSeq: 100), as: JobEvent.self) {
-                seqs.append(event.seq?.value ?? -1)
+            for try await event in try client.serverStream(FerryMethods.watchJob, .with { $0.jobID = "count:25:0"; $0.afterSeq = 100 }) {
+                seqs.append(event.seq)
             }
             #expect(seqs == Array(101...125))
         }
@@ -34,8 +35,8 @@ import Testing
             let ids = try await withThrowingTaskGroup(of: String.self) { group in
                 for index in 0..<100 {
                     group.addTask {
-                        let job: Job = try await client.unary("ferry.v1.Jobs/GetJob", GetJobRequest(jobId: "sleep:\(index % 5 * 20)"))
-                        return job.id ?? ""
+                        let job = try await client.unary(FerryMethods.getJob, .with { $0.jobID = "sleep:\(index % 5 * 20)" })
+                        return job.id
                     }
                 }
                 return try await group.reduce(into: [String]()) { $0.append($1) }
@@ -50,7 +51,7 @@ import Testing
             let client = try await server.client(token: TestTokens.viewer)
             defer { client.close() }
             let call = Task {
-                let _: Job = try await client.unary("ferry.v1.Jobs/GetJob", GetJobRequest(jobId: "sleep:30000"))
+                _ = try await client.unary(FerryMethods.getJob, .with { $0.jobID = "sleep:30000" })
             }
             while server.probe.count("sleep.started") == 0 { try await Task.sleep(for: .milliseconds(10)) }
             call.cancel()
@@ -67,7 +68,7 @@ import Testing
         try await withTestServer { server in
             let raw = try await RawClient.connect(port: server.port)
             defer { raw.close() }
-            try await raw.sendFrame(.call(.init(stream: 7, method: "ferry.v1.Jobs/GetJob", metadata: ["authorization": "Bearer \(TestTokens.viewer)"], message: .object(["jobId": .string("sleep:30000")]))))
+            try await raw.sendFrame(.call(.init(stream: 7, method: "ferry.v1.Jobs/GetJob", metadata: ["authorization": "Bearer \(TestTokens.viewer)"], json: .object(["jobId": .string("sleep:30000")]))))
             while server.probe.count("sleep.started") == 0 { try await Task.sleep(for: .milliseconds(10)) }
             try await raw.sendFrame(.cancel(stream: 7))
             let frame = try await raw.next()
@@ -84,7 +85,7 @@ import Testing
             defer { client.close() }
             let started = ContinuousClock.now
             let error = await #expect(throws: RPCError.self) {
-                let _: Job = try await client.unary("ferry.v1.Jobs/GetJob", GetJobRequest(jobId: "sleep:30000"), timeout: .milliseconds(300))
+                _ = try await client.unary(FerryMethods.getJob, .with { $0.jobID = "sleep:30000" }, timeout: .milliseconds(300))
             }
             #expect(error?.code == .deadlineExceeded)
             #expect(ContinuousClock.now - started < .seconds(10))
@@ -112,7 +113,7 @@ import Testing
             let raw = try await RawClient.connect(port: server.port)
             defer { raw.close() }
             let auth = ["authorization": "Bearer \(TestTokens.viewer)"]
-            try await raw.sendFrame(.call(.init(stream: 1, method: "ferry.v1.Jobs/GetJob", metadata: auth, message: .object(["jobId": .string("sleep:4000")]))))
+            try await raw.sendFrame(.call(.init(stream: 1, method: "ferry.v1.Jobs/GetJob", metadata: auth, json: .object(["jobId": .string("sleep:4000")]))))
             while server.probe.count("sleep.started") == 0 { try await Task.sleep(for: .milliseconds(10)) }
             server.shutdown()
             guard case .goaway(.unavailable, _, let lastStream)? = try await raw.next() else {
@@ -121,7 +122,7 @@ import Testing
             }
             #expect(lastStream == 1)
             // A call after goaway is refused; the one in flight still completes.
-            try await raw.sendFrame(.call(.init(stream: 3, method: "ferry.v1.Health/Check", message: .object([:]))))
+            try await raw.sendFrame(.call(.init(stream: 3, method: "ferry.v1.Health/Check", json: .object([:]))))
             let rest = try await raw.framesUntilClosed()
             #expect(rest.contains { if case .status(3, .unavailable, _, _) = $0 { true } else { false } })
             #expect(rest.contains { if case .message(1, _) = $0 { true } else { false } })

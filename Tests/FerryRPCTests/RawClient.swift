@@ -36,7 +36,7 @@ final class RawClient: Sendable {
                     } else {
                         collector.handshake.succeed()
                     }
-                    try channel.pipeline.syncOperations.addHandler(FrameDecoder(maxFrameBytes: 64 * 1024 * 1024))
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder<ServerFrame>(maxFrameBytes: 64 * 1024 * 1024)))
                     try channel.pipeline.syncOperations.addHandler(collector)
                 }
             }
@@ -58,7 +58,7 @@ final class RawClient: Sendable {
     }
 
     func sendFrame(_ frame: ClientFrame) async throws {
-        try await channel.writeAndFlush(encodeFrame(frame.json))
+        try await channel.writeAndFlush(frame.encoded())
     }
 
     /// The next frame, or nil once the server closed the connection.
@@ -90,7 +90,7 @@ final class RawClient: Sendable {
     func close() { channel.close(promise: nil) }
 
     private final class Collector: ChannelInboundHandler, @unchecked Sendable {
-        typealias InboundIn = FrameEvent
+        typealias InboundIn = FrameEvent<ServerFrame>
         let continuation: AsyncStream<ServerFrame?>.Continuation
         let handshake: EventLoopPromise<Void>
 
@@ -100,7 +100,7 @@ final class RawClient: Sendable {
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            if case .frame(let body) = unwrapInboundIn(data), case .success(let frame) = ServerFrame.parse(body) {
+            if case .frame(let frame) = unwrapInboundIn(data) {
                 continuation.yield(frame)
             }
         }

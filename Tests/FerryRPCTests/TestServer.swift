@@ -7,6 +7,7 @@ import NIOCore
 import NIOSSL
 import ServiceLifecycle
 import Synchronization
+import SwiftProtobuf
 import Testing
 
 /// Tokens of each role, known to every test server.
@@ -38,9 +39,9 @@ final class HandlerProbe: Sendable {
 ///   "count:<n>:<delay ms>".
 func testRouter(probe: HandlerProbe) -> MethodRouter {
     var router = MethodRouter()
-    router.unary(.healthCheck) { (_: HealthCheckRequest, _) in HealthCheckResponse(status: .serving) }
-    router.unary(.getJob) { (request: GetJobRequest, _) in
-        let id = request.jobId ?? ""
+    router.register(FerryMethods.healthCheck) { _, _ in HealthCheckResponse.with { $0.status = .serving } }
+    router.register(FerryMethods.getJob) { request, _ in
+        let id = request.jobID
         if id.hasPrefix("sleep:"), let ms = Int(id.dropFirst(6)) {
             probe.bump("sleep.started")
             do {
@@ -51,17 +52,20 @@ func testRouter(probe: HandlerProbe) -> MethodRouter {
             }
             probe.bump("sleep.finished")
         }
-        return Job(id: id)
+        return Job.with { $0.id = id }
     }
-    router.serverStreaming(.watchJob) { (request: WatchJobRequest, _, writer: ResponseWriter<JobEvent>) in
-        let parts = (request.jobId ?? "").split(separator: ":")
+    router.register(FerryMethods.watchJob) { request, _, writer in
+        let parts = request.jobID.split(separator: ":")
         guard parts.count == 3, parts[0] == "count", let count = Int(parts[1]), let delay = Int(parts[2]) else {
             throw RPCError(.invalidArgument, "jobId must be count:<n>:<delay ms>")
         }
-        let start = request.afterSeq?.value ?? 0
+        let start = request.afterSeq
         for seq in 1...max(count, 1) where count > 0 {
             if delay > 0 { try await Task.sleep(for: .milliseconds(delay)) }
-            try await writer.write(JobEvent(seq: ProtoInt64(start + Int64(seq)), type: .progress))
+            try await writer.write(JobEvent.with {
+                $0.seq = start + Int64(seq)
+                $0.type = .progress
+            })
         }
         probe.bump("watch.finished")
     }

@@ -17,7 +17,7 @@ struct SteppingJob: JobRunner {
     let stepDuration: Duration
 
     func run(_ context: JobContext) async throws {
-        let parts = (context.job.params?.clone?.targetTenant ?? "").split(separator: "_")
+        let parts = context.job.params.clone.targetTenant.split(separator: "_")
         if parts.count == 3, let ms = Int(parts[1]), let steps = Int(parts[2]), steps > 0 {
             return try await SteppingJob(steps: steps, stepDuration: .milliseconds(ms / steps)).work(context)
         }
@@ -28,8 +28,8 @@ struct SteppingJob: JobRunner {
         var step = 0
         if case .number(let saved)? = context.resumeState["step"] { step = Int(saved) }
         let start = step
-        let tenants = [context.job.params?.clone?.targetTenant, context.job.params?.clone?.sourceTenant, context.job.params?.export?.sourceTenant]
-        let failing = tenants.contains { $0?.hasPrefix("fail_") == true }
+        let tenants = [context.job.params.clone.targetTenant, context.job.params.clone.sourceTenant, context.job.params.export.sourceTenant]
+        let failing = tenants.contains { $0.hasPrefix("fail_") }
         context.report(progress(phase: "data", done: step, ran: 0, start: start))
         while step < steps {
             try await Task.sleep(for: stepDuration)
@@ -43,9 +43,9 @@ struct SteppingJob: JobRunner {
     func progress(phase: String, done: Int, ran: Int, start: Int) -> JobProgress {
         var progress = JobProgress()
         progress.phase = phase
-        progress.tablesTotal = ProtoInt64(Int64(steps))
-        progress.tablesDone = ProtoInt64(Int64(done))
-        progress.rowsCopied = ProtoInt64(Int64(ran))
+        progress.tablesTotal = Int64(steps)
+        progress.tablesDone = Int64(done)
+        progress.rowsCopied = Int64(ran)
         progress.current = "resumed at step \(start)"
         return progress
     }

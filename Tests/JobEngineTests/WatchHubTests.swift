@@ -6,6 +6,7 @@ import JobStore
 import Logging
 import PostgresNIO
 import Synchronization
+import SwiftProtobuf
 import Testing
 import Watch
 
@@ -22,7 +23,7 @@ import Watch
         let id = UUID()
         try await url.withConnection(logger: logger) { connection in
             try await connection.execute("INSERT INTO instances (id, dsn) VALUES ('i0', 'postgres://x@127.0.0.1/x')", logger: logger)
-            let params = JobParams(clone: CloneParams(sourceInstance: "i0", sourceTenant: "a", targetInstance: "i0", targetTenant: "b"))
+            let params = JobParams.with { $0.clone = .clone(from: "i0", "a", to: "i0", "b") }
             _ = try await JobStore.insert(
                 id: id, params: params, touches: try JobPlan.touches(params), status: .running, requestID: nil,
                 createdBy: "test", rerunOf: nil, on: connection, logger: logger)
@@ -54,8 +55,8 @@ import Watch
             try await url.withConnection(logger: logger) { connection in
                 for step in 1...60 {
                     var progress = JobProgress()
-                    progress.rowsCopied = ProtoInt64(Int64(step))
-                    try await JobStore.appendEvent(id, type: .progress, payload: try JSONValue.encoding(progress), on: connection, logger: logger)
+                    progress.rowsCopied = Int64(step)
+                    try await JobStore.appendEvent(id, type: .progress, payload: try progress.jsonValue(), on: connection, logger: logger)
                     if step == 30 {
                         _ = try await JobStore.appendStatus(id, status: .running, error: nil, on: connection, logger: logger)
                     }
@@ -78,19 +79,19 @@ import Watch
             #expect(slowWhenWritingEnded < 63 && Double(slowWhenWritingEnded) <= writeTime / .milliseconds(150) + 2,
                     "the slow watcher had \(slowWhenWritingEnded) events after \(writeTime) of writing")
             // The fast watcher saw everything, in order, and finished with the job.
-            #expect(fastEvents.compactMap { $0.seq?.value } == Array(1...63))
+            #expect(fastEvents.map(\.seq) == Array(1...63))
             #expect(fastDone < writeTime + .seconds(3), "the fast watcher lagged: \(fastDone) vs \(writeTime)")
             // The slow one: every STATUS in order, PROGRESS coalesced, the latest kept.
             let statuses = slowEvents.filter { $0.type == .status }.map(\.status)
             #expect(statuses == [.running, .running, .succeeded])
             let progress = slowEvents.filter { $0.type == .progress }
             #expect(progress.count < 60, "no coalescing: \(progress.count) progress events")
-            #expect(progress.last?.progress?.rowsCopied?.value == 60, "the latest progress was lost")
-            let seqs = slowEvents.compactMap { $0.seq?.value }
+            #expect(progress.last?.progress.rowsCopied == 60, "the latest progress was lost")
+            let seqs = slowEvents.map(\.seq)
             #expect(seqs == seqs.sorted() && Set(seqs).count == seqs.count)
             // The last PROGRESS before the mid-run STATUS was kept too.
-            let beforeStatus = slowEvents.prefix { !($0.type == .status && $0.seq?.value != 1) }.last { $0.type == .progress }
-            #expect(beforeStatus?.progress?.rowsCopied?.value == 30)
+            let beforeStatus = slowEvents.prefix { !($0.type == .status && $0.seq != 1) }.last { $0.type == .progress }
+            #expect(beforeStatus?.progress.rowsCopied == 30)
             group.cancelAll()
         }
     }
