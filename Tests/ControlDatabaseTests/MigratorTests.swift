@@ -108,7 +108,7 @@ import Testing
         let url = try await TestPostgres.shared.freshDatabase("lease")
         try await Migrator(url: url, migrations: try MigrationSet([]), logger: logger).run()
         try await url.withConnection(logger: logger) { connection in
-            let a = LeaseLock(table: Migrator.leaseTable, name: "x", owner: "a", duration: .milliseconds(600))
+            let a = LeaseLock(table: Migrator.leaseTable, name: "x", owner: "a", duration: .seconds(2))
             let b = LeaseLock(table: Migrator.leaseTable, name: "x", owner: "b", duration: .seconds(30))
             #expect(try await a.tryAcquire(on: connection, logger: logger) == .acquired)
             guard case .heldBy(owner: "a", _) = try await b.tryAcquire(on: connection, logger: logger) else {
@@ -116,7 +116,8 @@ import Testing
                 return
             }
             #expect(try await a.renew(on: connection, logger: logger))
-            try await Task.sleep(for: .milliseconds(900))
+            // Long enough that a busy machine does not expire the lease before a's renewal.
+            try await Task.sleep(for: .milliseconds(2500))
             #expect(try await b.tryAcquire(on: connection, logger: logger) == .acquired)
             #expect(try await a.renew(on: connection, logger: logger) == false)
             // a's release must not free b's lease.
