@@ -33,7 +33,7 @@ struct BenchRPC: AsyncParsableCommand {
     var warmup: Double = 1
 
     @Option(name: .customLong("server-pid"), help: ArgumentHelp(
-        "Pid of the ferryd process (same machine): its peak RSS is reset before the run and read after it, from /proc.",
+        "Pid of the ferryd process (same machine): its peak RSS is reset before the run and read after it, and its CPU time read over the measured window, from /proc.",
         valueName: "pid"))
     var serverPID: Int32?
 
@@ -59,6 +59,8 @@ struct BenchRPC: AsyncParsableCommand {
         } else {
             peakWasReset = false
         }
+        // The server's CPU time (user + system) over the measured window, for its CPU per call.
+        async let serverCPU = ProcessCPU.window(pid: serverPID, from: measureFrom, until: measureUntil, clock: clock)
 
         // Each stream keeps its own samples (nanoseconds); merged once at the end.
         let results = await withTaskGroup(of: StreamResult.self) { group in
@@ -111,6 +113,7 @@ struct BenchRPC: AsyncParsableCommand {
             } else {
                 print("server RSS: cannot read /proc/\(pid)/status")
             }
+            print(ProcessCPU.line(await serverCPU, calls: latencies.count, pid: pid))
         }
         if errorCount > 0 { throw ExitCode(1) }
     }
