@@ -135,8 +135,14 @@ private struct Envelope {
     /// another kind of value.
     func messageSlice(of body: ByteBuffer) -> (ByteBuffer?, JSONValue.Kind) {
         guard let message, message.kind != .null else { return (ByteBuffer(string: "{}"), .object) }
-        guard message.kind == .object else { return (nil, message.kind) }
-        return (body.getSlice(at: body.readerIndex + message.range.lowerBound, length: message.range.count), .object)
+        guard message.kind == .object, let slice = body.getSlice(at: body.readerIndex + message.range.lowerBound, length: message.range.count) else {
+            return (nil, message.kind)
+        }
+        // A copy, not a slice: a slice would keep the decoder's whole read buffer (up to a
+        // maximum-size frame) alive for as long as the call runs.
+        var copy = ByteBufferAllocator().buffer(capacity: slice.readableBytes)
+        copy.writeImmutableBuffer(slice)
+        return (copy, .object)
     }
 
     func streamID(in frame: String) -> Result<Int32, FrameError> {

@@ -46,8 +46,7 @@ final class Connection: Sendable {
             group.addTask {
                 // Graceful shutdown of the server: refuse new calls, let open ones finish.
                 do { try await gracefulShutdown() } catch { return }
-                let action = self.state.withLock { $0.machine.shutdown() }
-                if self.perform(action, .unavailable, "server is shutting down") {
+                if self.goaway(.unavailable, { ($0.shutdown(), "server is shutting down") }) {
                     await self.drainDeadline()
                 }
             }
@@ -68,6 +67,10 @@ final class Connection: Sendable {
     private func handle(_ event: FrameEvent<ClientFrame>, group: inout DiscardingTaskGroup) async {
         switch event {
         case .frame(.call(let call)):
+            // A call is admitted only while the outbound buffer has room: calls that end at once
+            // (a bad token, an unknown method) still write a status each, so a client that sends
+            // calls and never reads their answers must stop being read.
+            try? await acquire(0, check: { _ in true }, write: { _ in [] })
             let control = StreamControl(id: call.stream)
             switch state.withLock({ $0.machine.receivedCall(call.stream, stream: control) }) {
             case .open:
@@ -97,13 +100,14 @@ final class Connection: Sendable {
                 break
             }
         case .violation(let code, let message):
-            let action = state.withLock { $0.machine.receivedViolation() }
-            if perform(action, code, message) { group.addTask { await self.drainDeadline() } }
+            if goaway(code, { ($0.receivedViolation(), message) }) { group.addTask { await self.drainDeadline() } }
         case .idle(let partialFrame):
-            let (action, reason) = state.withLock { $0.machine.idle(partialFrame: partialFrame) }
-            if let reason, perform(action, .unavailable, "idle timeout: \(reason) for \(configuration.idleTimeout)") {
-                group.addTask { await self.drainDeadline() }
+            let timeout = configuration.idleTimeout
+            let drains = goaway(.unavailable) { machine in
+                let (action, reason) = machine.idle(partialFrame: partialFrame)
+                return (action, "idle timeout: \(reason ?? "") for \(timeout)")
             }
+            if drains { group.addTask { await self.drainDeadline() } }
         }
     }
 
@@ -131,11 +135,16 @@ final class Connection: Sendable {
                 status = RPCError.status(for: error, logger: callLogger)
             }
         }
+        if status.code == .ok, let response = control.takeUnaryResponse() {
+            // The response may be large: it waits for room like any message, and goes out with
+            // the status in one flush. If the stream ended meanwhile, it already has its status.
+            let frames: [ServerFrame] = [.message(stream: control.id, message: response), Self.statusFrame(control.id, status)]
+            try? await acquire(frames.reduce(0) { $0 + $1.sizeEstimate }, check: { $0.machine.isOpen(control.id, control) }) { state in
+                _ = state.machine.endStream(control.id, control)
+                return frames
+            }
+        }
         end(control, status)
-        // The status went out without waiting (it must not be held up), so the stream's slot is
-        // given back only once the outbound buffer has room: a client that sends calls and never
-        // reads their answers runs into the stream limit, and then into a read loop that waits.
-        try? await acquire(0, check: { _ in true }, write: nil)
         gauges.streams.decrement()
         if state.withLock({ $0.machine.handlerReturned() }) { channel.close(promise: nil) }
     }
@@ -166,19 +175,20 @@ final class Connection: Sendable {
         if let status { throw status }
     }
 
-    /// Writes the stream's status (after a unary call's response, in one flush) unless it was
-    /// already ended.
+    /// Writes the stream's status unless it was already ended. A status never waits for
+    /// outbound room (it must not be held up behind the stream's own messages); the statuses in
+    /// flight are bounded by the stream limit.
     private func end(_ control: StreamControl, _ status: RPCError) {
         state.withLock { state in
             guard state.machine.endStream(control.id, control) else { return }
-            let response = status.code == .ok ? control.takeUnaryResponse() : nil
-            var frames: [ServerFrame] = []
-            if let response { frames.append(.message(stream: control.id, message: response)) }
-            frames.append(.status(stream: control.id, code: status.code, message: status.message, details: status.details))
-            let bytes = frames.reduce(0) { $0 + $1.sizeEstimate }
-            state.machine.forceWrite(bytes)
-            issue(frames, bytes: bytes)
+            let frame = Self.statusFrame(control.id, status)
+            state.machine.forceWrite(frame.sizeEstimate)
+            issue([frame], bytes: frame.sizeEstimate)
         }
+    }
+
+    private static func statusFrame(_ stream: Int32, _ status: RPCError) -> ServerFrame {
+        .status(stream: stream, code: status.code, message: status.message, details: status.details)
     }
 
     // MARK: Writes
@@ -186,25 +196,29 @@ final class Connection: Sendable {
     /// Writes a stream's message once the outbound buffer has room; throws when the stream has
     /// ended (its message is dropped) or the connection closed.
     private func write(_ frame: ServerFrame, for control: StreamControl) async throws {
-        try await acquire(frame.sizeEstimate, check: { $0.machine.isOpen(control.id, control) }, write: frame)
+        try await acquire(frame.sizeEstimate, check: { $0.machine.isOpen(control.id, control) }, write: { _ in [frame] })
     }
 
     /// Writes a frame the read loop produced (a pong, a refusal). The read loop waits while
     /// the outbound buffer is full, which stops reading from a client that does not read.
     private func writeFromReader(_ frame: ServerFrame) async {
-        try? await acquire(frame.sizeEstimate, check: { _ in true }, write: frame)
+        try? await acquire(frame.sizeEstimate, check: { _ in true }, write: { _ in [frame] })
     }
 
-    /// Waits for `bytes` of outbound room, then, under the lock, writes `frame` if `check`
-    /// still allows it (else gives the room back and throws). With no frame, it only waits
-    /// until the buffer is below its limit.
-    private func acquire(_ bytes: Int, check: (inout State) -> Bool, write frame: ServerFrame?) async throws {
+    /// Waits for `bytes` of outbound room, then, under the lock, writes the frames `write`
+    /// returns if `check` still allows it (else gives the room back and throws). With no
+    /// frames, it only waits until the buffer is below its limit.
+    ///
+    /// A wait longer than the idle timeout (the drain timeout once going away) closes the
+    /// connection: a peer that reads nothing for that long is gone or hostile, and must not
+    /// hold its connection, its streams or a shutdown for ever.
+    private func acquire(_ bytes: Int, check: (inout State) -> Bool, write frames: (inout State) -> [ServerFrame]) async throws {
         enum FastPath { case written, dropped, closed, wait }
         let fast = state.withLock { state -> FastPath in
             guard check(&state) else { return .dropped }
             switch state.machine.requestWrite(bytes) {
             case .write:
-                issue(frame, bytes: bytes)
+                issue(frames(&state), bytes: bytes)
                 return .written
             case .closed: return .closed
             case .wait(let ticket):
@@ -220,21 +234,29 @@ final class Connection: Sendable {
         case .wait: break
         }
         let ticket = Mutex<Int?>(nil)
+        let channel = self.channel
+        let stall = channel.eventLoop.scheduleTask(in: TimeAmount(state.withLock { $0.machine.isGoingAway } ? configuration.drainTimeout : configuration.idleTimeout)) {
+            channel.close(promise: nil)
+        }
+        defer { stall.cancel() }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let closed = state.withLock { state -> Bool in
+                let refusal = state.withLock { state -> (any Error)? in
+                    // Checked again: the stream may have ended, or this task been cancelled, since
+                    // the fast path.
+                    guard check(&state), !Task.isCancelled else { return CancellationError() }
                     switch state.machine.requestWrite(bytes) {
                     case .write:
                         continuation.resume()
                     case .closed:
-                        return true
+                        return RPCError(.unavailable, "the connection closed")
                     case .wait(let granted):
                         ticket.withLock { $0 = granted }
                         state.writers[granted] = continuation
                     }
-                    return false
+                    return nil
                 }
-                if closed { continuation.resume(throwing: RPCError(.unavailable, "the connection closed")) }
+                if let refusal { continuation.resume(throwing: refusal) }
             }
         } onCancel: {
             let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
@@ -246,7 +268,7 @@ final class Connection: Sendable {
         // The room is ours now: write, or give it back if the frame is no longer wanted.
         let written = state.withLock { state -> Bool in
             guard check(&state) else { return false }
-            issue(frame, bytes: bytes)
+            issue(frames(&state), bytes: bytes)
             return true
         }
         if !written {
@@ -257,18 +279,12 @@ final class Connection: Sendable {
 
     /// Hands frames to the channel (called under the lock, so writes keep the lock's order)
     /// and gives their room back once they reached the socket.
-    private func issue(_ frame: ServerFrame?, bytes: Int) {
-        guard let frame else { return completedLater(bytes) }
-        issue([frame], bytes: bytes)
-    }
-
-    /// Room taken without a write (a wait for room) is given back after the lock is released.
-    private func completedLater(_ bytes: Int) {
-        guard bytes > 0 else { return }
-        channel.eventLoop.execute { [self] in completed(bytes) }
-    }
-
     private func issue(_ frames: [ServerFrame], bytes: Int) {
+        guard !frames.isEmpty else {
+            // Room taken for nothing (a wait for room) is given back once the lock is released.
+            if bytes > 0 { channel.eventLoop.execute { [self] in completed(bytes) } }
+            return
+        }
         let channel = self.channel
         let promise = channel.eventLoop.makePromise(of: Void.self)
         promise.futureResult.whenComplete { [self] _ in completed(bytes) }
@@ -291,25 +307,33 @@ final class Connection: Sendable {
 
     // MARK: Connection-level
 
-    /// Sends `goaway` for `action`: closes at once when no stream runs, else returns true so
-    /// the caller starts the drain deadline.
-    private func perform(_ action: ConnectionStateMachine<StreamControl>.GoawayAction, _ code: StatusCode, _ message: String) -> Bool {
-        guard case .goaway(let lastStream, let close) = action else { return false }
-        logger.debug("goaway", metadata: ["code": "\(code.rawValue)", "reason": "\(message)"])
-        state.withLock { state in
+    /// Sends `goaway` if `decide` (run under the lock, with the write) says so: closes at once
+    /// when no stream runs, else returns true so the caller starts the drain deadline. One lock
+    /// for decision and write, so the last stream cannot close the connection in between.
+    private func goaway(_ code: StatusCode, _ decide: (inout ConnectionStateMachine<StreamControl>) -> (ConnectionStateMachine<StreamControl>.GoawayAction, message: String)) -> Bool {
+        let decided: (close: Bool, message: String)? = state.withLock { state in
+            let (action, message) = decide(&state.machine)
+            guard case .goaway(let lastStream, let close) = action else { return nil }
             let frame = ServerFrame.goaway(code: code, message: message, lastStream: lastStream)
             state.machine.forceWrite(frame.sizeEstimate)
             issue([frame], bytes: frame.sizeEstimate)
+            return (close, message)
         }
+        guard let (close, message) = decided else { return false }
+        logger.debug("goaway", metadata: ["code": "\(code.rawValue)", "reason": "\(message)"])
         if close { channel.close(promise: nil) }
         return !close
     }
 
-    /// After the drain timeout, ends the streams still open.
+    /// After the drain timeout, ends the streams still open; a moment later (for their
+    /// statuses to go out) the connection closes whatever its handlers are doing.
     private func drainDeadline() async {
         try? await Task.sleep(for: configuration.drainTimeout)
         guard !Task.isCancelled else { return }
         for control in state.withLock({ $0.machine.drainExpired() }) { control.interrupt(.draining) }
+        try? await Task.sleep(for: .seconds(1))
+        guard !Task.isCancelled else { return }
+        channel.close(promise: nil)
     }
 
     private func closed() {
@@ -328,9 +352,16 @@ extension ServerFrame {
     var sizeEstimate: Int {
         switch self {
         case .message(_, let message): message.readableBytes + 48
-        case .status(_, _, let message, let details): message.utf8.count + (details == nil ? 64 : 512)
-        case .pong(let data): (data?.utf8.count ?? 0) + 32
-        case .goaway(_, let message, _): message.utf8.count + 64
+        case .status(_, _, let message, let details): message.escapedSizeEstimate + (details == nil ? 64 : 512)
+        case .pong(let data): (data?.escapedSizeEstimate ?? 0) + 32
+        case .goaway(_, let message, _): message.escapedSizeEstimate + 64
         }
+    }
+}
+
+extension String {
+    /// The size of the string in JSON: control characters become 6-byte escapes.
+    var escapedSizeEstimate: Int {
+        utf8.reduce(0) { $0 + ($1 < 0x20 ? 6 : $1 == 0x22 || $1 == 0x5C ? 2 : 1) }
     }
 }

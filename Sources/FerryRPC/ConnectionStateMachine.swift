@@ -36,6 +36,7 @@ struct ConnectionStateMachine<Stream: AnyObject> {
     }
 
     var openStreamCount: Int { open.count }
+    var isGoingAway: Bool { goingAway }
     var runningHandlerCount: Int { runningHandlers }
 
     func isOpen(_ id: Int32, _ stream: Stream) -> Bool { open[id] === stream }

@@ -65,7 +65,7 @@ public struct RPCServer: Service {
                     return try NIOAsyncChannel<FrameEvent<ClientFrame>, ServerFrame>(
                         wrappingChannelSynchronously: channel,
                         configuration: .init(backPressureStrategy: .init(
-                            lowWatermark: 1, highWatermark: configuration.inboundFramesBuffered)))
+                            lowWatermark: 1, highWatermark: max(2, configuration.inboundFramesBuffered))))
                 }
             }
         guard let address = server.channel.localAddress else { throw ChannelError.inappropriateOperationForState }
