@@ -99,7 +99,7 @@ struct BenchRPC: AsyncParsableCommand {
             nearestRank(latencies, p).map { String(format: "%.3f ms", Double($0) / 1e6) } ?? "-"
         }
         let errorCount = results.errors.values.reduce(0, +)
-        print("bench rpc: \(FerryMethod.healthCheck.rawValue), \(connections) connection(s) × \(streams) stream(s), \(String(format: "%.1f", duration)) s measured after \(String(format: "%.1f", warmup)) s warm-up")
+        print("bench rpc: \(FerryMethods.healthCheck.info.name), \(connections) connection(s) × \(streams) stream(s), \(String(format: "%.1f", duration)) s measured after \(String(format: "%.1f", warmup)) s warm-up")
         print(String(format: "calls: %d ok, %d failed, %.0f calls/s", latencies.count, errorCount, Double(latencies.count) / duration))
         print("latency: p50 \(percentile(50)), p99 \(percentile(99)), p99.9 \(percentile(99.9)), max \(percentile(100))")
         for (error, count) in results.errors.sorted(by: { $0.value > $1.value }).prefix(5) {
