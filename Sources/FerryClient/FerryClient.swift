@@ -171,7 +171,7 @@ public final class FerryClient: Sendable {
         let grace = timeoutMs.map { timeoutMs in
             channel.eventLoop.scheduleTask(in: .milliseconds(timeoutMs + 2000)) {
                 if calls.fail(id, RPCError(.deadlineExceeded, "no answer from the server within the deadline")) {
-                    channel.writeAndFlush(ClientFrame.cancel(stream: id), promise: nil)
+                    channel.writeAndFlush([ClientFrame.cancel(stream: id)], promise: nil)
                 }
             }
         }
@@ -179,11 +179,11 @@ public final class FerryClient: Sendable {
             // The timer goes with the call, so calls with long deadlines hold no memory after.
             grace?.cancel()
             if case .cancelled = termination, calls.abandon(id) {
-                channel.writeAndFlush(ClientFrame.cancel(stream: id), promise: nil)
+                channel.writeAndFlush([ClientFrame.cancel(stream: id)], promise: nil)
             }
         }
         let frame = ClientFrame.call(.init(stream: id, method: method, metadata: metadata, timeoutMs: timeoutMs, message: message))
-        channel.writeAndFlush(frame).whenFailure { error in
+        channel.writeAndFlush([frame]).whenFailure { error in
             _ = calls.fail(id, RPCError(.unavailable, "cannot send the call: \(error)"))
         }
         return stream
@@ -197,7 +197,7 @@ public final class FerryClient: Sendable {
                 continuation.resume(throwing: RPCError(.unavailable, calls.closedReason))
                 return
             }
-            channel.writeAndFlush(ClientFrame.ping(data: data), promise: nil)
+            channel.writeAndFlush([ClientFrame.ping(data: data)], promise: nil)
         }
         return ContinuousClock.now - started
     }

@@ -101,13 +101,15 @@ public final class IdleEventForwarder<Frame: WireFrame>: ChannelInboundHandler {
     }
 }
 
-/// Writes frames of one direction with their length prefix.
+/// Writes frames of one direction with their length prefix. A write carries one or more
+/// frames, encoded into one buffer: a unary call's response and status go out as one TLS
+/// record.
 public struct FrameEncoder<Frame: WireFrame>: MessageToByteEncoder {
-    public typealias OutboundIn = Frame
+    public typealias OutboundIn = [Frame]
 
     public init() {}
 
-    public func encode(data: Frame, out: inout ByteBuffer) throws {
-        data.write(to: &out)
+    public func encode(data: [Frame], out: inout ByteBuffer) throws {
+        for frame in data { frame.write(to: &out) }
     }
 }

@@ -20,22 +20,30 @@ final class Connection: Sendable {
     let router: MethodRouter
     let chain: @Sendable (RPCContext) async throws -> Void
     let logger: Logger
+    let loggers: [String: Logger]
     let gauges: ConnectionGauges
+    let deadlines: DeadlineTimer
 
     private struct State {
         var machine: ConnectionStateMachine<StreamControl>
         var writers: [Int: CheckedContinuation<Void, any Error>] = [:]
+        /// Frames handed over under the lock, waiting for the event loop's next write.
+        var pending: [ServerFrame] = []
+        var pendingBytes = 0
+        var flushScheduled = false
     }
     private let state: Mutex<State>
 
     init(channel: any Channel, configuration: RPCServerConfiguration, router: MethodRouter,
-         chain: @escaping @Sendable (RPCContext) async throws -> Void, logger: Logger, gauges: ConnectionGauges) {
+         chain: @escaping @Sendable (RPCContext) async throws -> Void, logger: Logger, loggers: [String: Logger], gauges: ConnectionGauges) {
         self.channel = channel
         self.configuration = configuration
         self.router = router
         self.chain = chain
         self.logger = logger
+        self.loggers = loggers
         self.gauges = gauges
+        deadlines = DeadlineTimer(eventLoop: channel.eventLoop)
         state = Mutex(State(machine: ConnectionStateMachine(
             maxConcurrentStreams: configuration.maxConcurrentStreams, outboundLimit: configuration.outboundBufferBytes)))
     }
@@ -59,6 +67,7 @@ final class Connection: Sendable {
             }
             // The peer is gone or we closed: nobody will read what open streams would send.
             closed()
+            deadlines.stop()
             channel.close(promise: nil)
             group.cancelAll()
         }
@@ -114,8 +123,11 @@ final class Connection: Sendable {
     // MARK: Streams
 
     private func serve(_ call: ClientFrame.Call, control: StreamControl) async {
-        var callLogger = logger
-        callLogger[metadataKey: "method"] = "\(call.method.prefix(200))"
+        let callLogger = loggers[call.method] ?? {
+            var callLogger = logger
+            callLogger[metadataKey: "method"] = "\(call.method.prefix(200))"
+            return callLogger
+        }()
         var status: RPCError
         switch router.route(for: call.method) {
         case .failure(let error):
@@ -127,7 +139,7 @@ final class Connection: Sendable {
                 end: { [self] status in self.end(control, status) })
             let context = RPCContext(method: route.info, principal: nil, metadata: call.metadata, stream: call.stream,
                                      timeoutMs: call.timeoutMs, logger: callLogger, control: control,
-                                     eventLoop: channel.eventLoop, request: call.message, route: route, output: output)
+                                     deadlines: deadlines, request: call.message, route: route, output: output)
             do {
                 try await chain(context)
                 status = RPCError(.ok, "")
@@ -183,7 +195,7 @@ final class Connection: Sendable {
             guard state.machine.endStream(control.id, control) else { return }
             let frame = Self.statusFrame(control.id, status)
             state.machine.forceWrite(frame.sizeEstimate)
-            issue([frame], bytes: frame.sizeEstimate)
+            issue([frame], bytes: frame.sizeEstimate, in: &state)
         }
     }
 
@@ -218,7 +230,7 @@ final class Connection: Sendable {
             guard check(&state) else { return .dropped }
             switch state.machine.requestWrite(bytes) {
             case .write:
-                issue(frames(&state), bytes: bytes)
+                issue(frames(&state), bytes: bytes, in: &state)
                 return .written
             case .closed: return .closed
             case .wait(let ticket):
@@ -268,7 +280,7 @@ final class Connection: Sendable {
         // The room is ours now: write, or give it back if the frame is no longer wanted.
         let written = state.withLock { state -> Bool in
             guard check(&state) else { return false }
-            issue(frames(&state), bytes: bytes)
+            issue(frames(&state), bytes: bytes, in: &state)
             return true
         }
         if !written {
@@ -279,23 +291,37 @@ final class Connection: Sendable {
 
     /// Hands frames to the channel (called under the lock, so writes keep the lock's order)
     /// and gives their room back once they reached the socket.
-    private func issue(_ frames: [ServerFrame], bytes: Int) {
+    private func issue(_ frames: [ServerFrame], bytes: Int, in state: inout State) {
         guard !frames.isEmpty else {
             // Room taken for nothing (a wait for room) is given back once the lock is released.
             if bytes > 0 { channel.eventLoop.execute { [self] in completed(bytes) } }
             return
         }
-        let channel = self.channel
-        let promise = channel.eventLoop.makePromise(of: Void.self)
-        promise.futureResult.whenComplete { [self] _ in completed(bytes) }
+        // Frames queue here and go to the channel in one write and one flush per event-loop
+        // turn: under load, many calls' responses share one TLS record and one system call.
         // Always through the event loop's queue, even on the loop: a write can complete (and
         // its callback take the lock) inside the call, and the queue keeps the lock's order.
-        channel.eventLoop.execute { Self.write(frames, to: channel, promise: promise) }
+        state.pending.append(contentsOf: frames)
+        state.pendingBytes += bytes
+        guard !state.flushScheduled else { return }
+        state.flushScheduled = true
+        channel.eventLoop.execute { [self] in flushPending() }
     }
 
-    private static func write(_ frames: [ServerFrame], to channel: any Channel, promise: EventLoopPromise<Void>) {
-        for frame in frames.dropLast() { channel.write(frame, promise: nil) }
-        channel.writeAndFlush(frames.last!, promise: promise)
+    /// On the event loop: writes what queued since the last turn.
+    private func flushPending() {
+        let (frames, bytes) = state.withLock { state in
+            defer {
+                state.pending = []
+                state.pendingBytes = 0
+                state.flushScheduled = false
+            }
+            return (state.pending, state.pendingBytes)
+        }
+        guard !frames.isEmpty else { return }
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.whenComplete { [self] _ in completed(bytes) }
+        channel.writeAndFlush(frames, promise: promise)
     }
 
     private func completed(_ bytes: Int) {
@@ -316,7 +342,7 @@ final class Connection: Sendable {
             guard case .goaway(let lastStream, let close) = action else { return nil }
             let frame = ServerFrame.goaway(code: code, message: message, lastStream: lastStream)
             state.machine.forceWrite(frame.sizeEstimate)
-            issue([frame], bytes: frame.sizeEstimate)
+            issue([frame], bytes: frame.sizeEstimate, in: &state)
             return (close, message)
         }
         guard let (close, message) = decided else { return false }

@@ -18,7 +18,7 @@ public struct RPCContext: Sendable {
     public var logger: Logger
 
     let control: StreamControl
-    let eventLoop: any EventLoop
+    let deadlines: DeadlineTimer
     let request: ByteBuffer
     let route: MethodRouter.Route
     let output: StreamOutput

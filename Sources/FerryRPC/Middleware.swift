@@ -71,22 +71,15 @@ public struct LoggingMiddleware: RPCMiddleware {
     }
 }
 
-/// Ends a call with DEADLINE_EXCEEDED when its `timeoutMs` passes. The deadline is an
-/// event-loop timer cancelled with the call: a cancelled `Task.sleep` would hold its memory
-/// until the deadline, so calls with long deadlines at a high rate would pile it up.
+/// Ends a call with DEADLINE_EXCEEDED when its `timeoutMs` passes, through its connection's
+/// ``DeadlineTimer``.
 public struct DeadlineMiddleware: RPCMiddleware {
-    /// Deadlines beyond a year are held to a year (TimeAmount counts nanoseconds in an Int64).
-    static let longestDeadlineMs: Int64 = 365 * 24 * 3600 * 1000
-
     public init() {}
 
     public func handle(_ context: RPCContext, next: (RPCContext) async throws -> Void) async throws {
         guard let timeoutMs = context.timeoutMs else { return try await next(context) }
-        let control = context.control
-        let timer = context.eventLoop.scheduleTask(in: .milliseconds(min(timeoutMs, Self.longestDeadlineMs))) {
-            control.interrupt(.deadlineExceeded(timeoutMs))
-        }
-        defer { timer.cancel() }
+        context.deadlines.arm(context.control, timeoutMs: timeoutMs)
+        defer { context.deadlines.disarm(context.control) }
         try await next(context)
     }
 }

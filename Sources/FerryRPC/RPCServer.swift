@@ -22,6 +22,7 @@ public struct RPCServer: Service {
     let router: MethodRouter
     let chain: @Sendable (RPCContext) async throws -> Void
     let logger: Logger
+    let loggers: [String: Logger]
     let onBound: @Sendable (SocketAddress) async throws -> Void
 
     public init(
@@ -39,6 +40,14 @@ public struct RPCServer: Service {
         ] + additionalMiddleware
         chain = middleware.chain(Connection.endpoint)
         self.logger = logger
+        // Each method's logger is made once: a logger with new metadata costs an allocation.
+        var loggers: [String: Logger] = [:]
+        for method in FerryMethods.all {
+            var methodLogger = logger
+            methodLogger[metadataKey: "method"] = "\(method.name)"
+            loggers[method.name] = methodLogger
+        }
+        self.loggers = loggers
         self.onBound = onBound
     }
 
@@ -62,7 +71,7 @@ public struct RPCServer: Service {
                     try handlers.addHandler(ByteToMessageHandler(decoder))
                     try handlers.addHandler(IdleEventForwarder(decoder: decoder))
                     try handlers.addHandler(MessageToByteHandler(FrameEncoder<ServerFrame>()))
-                    return try NIOAsyncChannel<FrameEvent<ClientFrame>, ServerFrame>(
+                    return try NIOAsyncChannel<FrameEvent<ClientFrame>, [ServerFrame]>(
                         wrappingChannelSynchronously: channel,
                         configuration: .init(backPressureStrategy: .init(
                             lowWatermark: 1, highWatermark: max(2, configuration.inboundFramesBuffered))))
@@ -90,7 +99,7 @@ public struct RPCServer: Service {
         }
     }
 
-    private func serve(_ asyncChannel: NIOAsyncChannel<FrameEvent<ClientFrame>, ServerFrame>, counter: ConnectionCounter, gauges: ConnectionGauges) async {
+    private func serve(_ asyncChannel: NIOAsyncChannel<FrameEvent<ClientFrame>, [ServerFrame]>, counter: ConnectionCounter, gauges: ConnectionGauges) async {
         let admitted = counter.enter(limit: configuration.maxConnections)
         gauges.connections.increment()
         defer {
@@ -101,11 +110,11 @@ public struct RPCServer: Service {
             try await asyncChannel.executeThenClose { inbound, _ in
                 guard admitted else {
                     let goaway = ServerFrame.goaway(code: .resourceExhausted, message: "too many connections (limit \(configuration.maxConnections))", lastStream: 0)
-                    try? await asyncChannel.channel.writeAndFlush(goaway)
+                    try? await asyncChannel.channel.writeAndFlush([goaway])
                     return
                 }
                 let connection = Connection(channel: asyncChannel.channel, configuration: configuration, router: router,
-                                            chain: chain, logger: logger, gauges: gauges)
+                                            chain: chain, logger: logger, loggers: loggers, gauges: gauges)
                 await connection.run(inbound)
             }
         } catch {

@@ -234,7 +234,7 @@ import Testing
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder<ServerFrame>()))
         let frame = ServerFrame.status(stream: 3, code: .notFound, message: "no \"job\"\n", details: .object(["k": .array([.number(1.5)])]))
-        try channel.writeOutbound(frame)
+        try channel.writeOutbound([frame])
         let written = try #require(try channel.readOutbound(as: ByteBuffer.self))
         #expect(written == frame.encoded())
         var body = written
