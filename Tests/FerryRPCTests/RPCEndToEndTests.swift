@@ -94,6 +94,34 @@ import Testing
         }
     }
 
+    /// All of a connection's deadlines share one timer set for the earliest: a shorter deadline
+    /// arriving after a longer one still fires on time, in order, and a long one not early.
+    @Test func deadlinesOfDifferentLengthsOnOneConnectionFireInOrder() async throws {
+        try await withTestServer { server in
+            let raw = try await RawClient.connect(port: server.port)
+            defer { raw.close() }
+            let auth = ["authorization": "Bearer \(TestTokens.viewer)"]
+            func call(_ stream: Int32, sleep ms: Int, timeoutMs: Int64) -> ClientFrame {
+                .call(.init(stream: stream, method: "ferry.v1.Jobs/GetJob", metadata: auth, timeoutMs: timeoutMs, json: .object(["jobId": .string("sleep:\(ms)")])))
+            }
+            let started = ContinuousClock.now
+            try await raw.sendFrame(call(1, sleep: 30_000, timeoutMs: 20_000))
+            try await raw.sendFrame(call(2, sleep: 30_000, timeoutMs: 600))
+            try await raw.sendFrame(call(3, sleep: 30_000, timeoutMs: 300))
+            try await raw.sendFrame(call(4, sleep: 50, timeoutMs: 100_000))
+            var statuses: [(Int32, StatusCode)] = []
+            while statuses.count < 3, let frame = try await raw.next() {
+                if case .status(let stream, let code, _, _) = frame { statuses.append((stream, code)) }
+            }
+            #expect(statuses.map(\.0) == [4, 3, 2], "\(statuses)")
+            #expect(statuses.map(\.1) == [.ok, .deadlineExceeded, .deadlineExceeded], "\(statuses)")
+            #expect(ContinuousClock.now - started < .seconds(10))
+            // The 20 s deadline has not fired: the stream is still open, and a cancel ends it.
+            try await raw.sendFrame(.cancel(stream: 1))
+            #expect(try await raw.next() == .status(stream: 1, code: .cancelled, message: "cancelled by the client", details: nil))
+        }
+    }
+
     @Test func pingIsAnsweredWithTheSameData() async throws {
         try await withTestServer { server in
             let client = try await server.client()
