@@ -246,13 +246,7 @@ extension ClientFrame {
                 buffer.writeString(String(stream))
                 buffer.writeStaticString(#","type":"cancel"}"#)
             case .ping(let data):
-                buffer.writeStaticString("{")
-                if let data {
-                    buffer.writeStaticString(#""data":"#)
-                    buffer.writeJSONString(data)
-                    buffer.writeStaticString(",")
-                }
-                buffer.writeStaticString(#""type":"ping"}"#)
+                buffer.writeDataFrameBody(data: data, type: #""type":"ping"}"#)
             }
         }
     }
@@ -326,13 +320,7 @@ extension ServerFrame {
                 buffer.writeString(String(stream))
                 buffer.writeStaticString(#","type":"status"}"#)
             case .pong(let data):
-                buffer.writeStaticString("{")
-                if let data {
-                    buffer.writeStaticString(#""data":"#)
-                    buffer.writeJSONString(data)
-                    buffer.writeStaticString(",")
-                }
-                buffer.writeStaticString(#""type":"pong"}"#)
+                buffer.writeDataFrameBody(data: data, type: #""type":"pong"}"#)
             case .goaway(let code, let message, let lastStream):
                 buffer.writeStaticString(#"{"code":"#)
                 buffer.writeJSONString(code.rawValue)
@@ -355,6 +343,17 @@ extension Envelope {
 }
 
 extension ByteBuffer {
+    /// The body of a `ping` or `pong`: `data` when there is one, then the closing `type`.
+    mutating func writeDataFrameBody(data: String?, type: StaticString) {
+        writeStaticString("{")
+        if let data {
+            writeStaticString(#""data":"#)
+            writeJSONString(data)
+            writeStaticString(",")
+        }
+        writeStaticString(type)
+    }
+
     /// Writes a length prefix and the body `write` appends.
     mutating func writeFrame(_ write: (inout ByteBuffer) -> Void) {
         let start = writerIndex

@@ -81,16 +81,9 @@ struct GRPCRefBench: AsyncParsableCommand {
         let peakWasReset = Task {
             guard let pid = serverPID else { return false }
             try? await Task.sleep(until: measureFrom - .milliseconds(Int(warmup * 500)), clock: clock)
-            return ServerProcess.resetPeak(pid: pid)
+            return ServerMemory.resetPeak(pid: pid)
         }
-        let cpuWindow = Task { () -> Double? in
-            guard let pid = serverPID else { return nil }
-            try? await Task.sleep(until: measureFrom, clock: clock)
-            guard let start = ServerProcess.cpuSeconds(pid: pid) else { return nil }
-            try? await Task.sleep(until: measureUntil, clock: clock)
-            guard let end = ServerProcess.cpuSeconds(pid: pid) else { return nil }
-            return end - start
-        }
+        let cpuWindow = Task { await ProcessCPU.window(pid: serverPID, from: measureFrom, until: measureUntil, clock: clock) }
 
         let results = await withTaskGroup(of: StreamResult.self) { group in
             for client in clients {
@@ -136,14 +129,14 @@ struct GRPCRefBench: AsyncParsableCommand {
         }
         if let pid = serverPID {
             let wasReset = await peakWasReset.value
-            if let memory = ServerProcess.memory(pid: pid) {
+            if let memory = ServerMemory.read(pid: pid) {
                 print(String(format: "server RSS: peak %.1f MiB%@, now %.1f MiB (pid %d)",
                              Double(memory.peakKiB) / 1024, wasReset ? " during the run" : " since start",
                              Double(memory.currentKiB) / 1024, pid))
             } else {
                 print("server RSS: cannot read /proc/\(pid)/status")
             }
-            print(ServerProcess.cpuLine(await cpuWindow.value, calls: latencies.count, pid: pid))
+            print(ProcessCPU.line(await cpuWindow.value, calls: latencies.count, pid: pid))
         }
         return errorCount > 0
     }
@@ -156,54 +149,7 @@ extension Duration {
     }
 }
 
-/// The nearest-rank percentile `p` (0…100] of sorted samples; nil when there are none.
-func nearestRank<T>(_ sorted: [T], _ p: Double) -> T? {
-    guard !sorted.isEmpty else { return nil }
-    return sorted[min(sorted.count - 1, max(0, Int((p / 100 * Double(sorted.count)).rounded(.up)) - 1))]
-}
-
 private struct StreamResult: Sendable {
     var latencies: [UInt64] = []
     var errors: [String: Int] = [:]
-}
-
-/// A local process's memory and CPU time, from Linux's /proc (the same readings as
-/// `ferry bench rpc`'s ServerMemory and ProcessCPU).
-enum ServerProcess {
-    /// Resets the process's peak RSS (VmHWM) to its current RSS (`clear_refs` value 5).
-    static func resetPeak(pid: Int32) -> Bool {
-        guard let handle = FileHandle(forWritingAtPath: "/proc/\(pid)/clear_refs") else { return false }
-        defer { try? handle.close() }
-        return (try? handle.write(contentsOf: Data("5".utf8))) != nil
-    }
-
-    static func memory(pid: Int32) -> (peakKiB: Int, currentKiB: Int)? {
-        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-        func field(_ name: String) -> Int? {
-            guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(name + ":") }) else { return nil }
-            return line.split(separator: " ").compactMap { Int($0) }.first
-        }
-        guard let peak = field("VmHWM"), let current = field("VmRSS") else { return nil }
-        return (peak, current)
-    }
-
-    /// The process's user + system CPU time so far, in seconds: fields 14 and 15 (utime, stime,
-    /// in clock ticks) of /proc/PID/stat, counted after the last ')' since the command name in
-    /// field 2 may hold spaces and parentheses.
-    static func cpuSeconds(pid: Int32) -> Double? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return nil }
-        // After ')': field 3 (state) is the first.
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        guard fields.count > 12, let user = UInt64(fields[11]), let system = UInt64(fields[12]) else { return nil }
-        let ticks = sysconf(Int32(_SC_CLK_TCK))
-        guard ticks > 0 else { return nil }
-        return Double(user + system) / Double(ticks)
-    }
-
-    static func cpuLine(_ seconds: Double?, calls: Int, pid: Int32) -> String {
-        guard let seconds else { return "server CPU: cannot read /proc/\(pid)/stat" }
-        let perCall = calls > 0 ? String(format: "%.1f", seconds * 1e6 / Double(calls)) : "-"
-        return String(format: "server CPU: %@ µs/call (%.2f s user+sys over the measured window, pid %d)", perCall, seconds, pid)
-    }
 }

@@ -1,5 +1,34 @@
 import Foundation
 
+// Readings of the benchmarks: `ferry bench rpc`/`bench jobs`, and the grpc-swift-2 reference's
+// load generator (bench/grpc-reference links this file), so both sides are measured alike.
+
+/// The nearest-rank percentile `p` (0…100] of sorted samples; nil when there are none.
+func nearestRank<T>(_ sorted: [T], _ p: Double) -> T? {
+    guard !sorted.isEmpty else { return nil }
+    return sorted[min(sorted.count - 1, max(0, Int((p / 100 * Double(sorted.count)).rounded(.up)) - 1))]
+}
+
+/// Resident memory of a local process, from Linux's /proc.
+enum ServerMemory {
+    /// Resets the process's peak RSS (VmHWM) to its current RSS (`clear_refs` value 5).
+    static func resetPeak(pid: Int32) -> Bool {
+        guard let handle = FileHandle(forWritingAtPath: "/proc/\(pid)/clear_refs") else { return false }
+        defer { try? handle.close() }
+        return (try? handle.write(contentsOf: Data("5".utf8))) != nil
+    }
+
+    static func read(pid: Int32) -> (peakKiB: Int, currentKiB: Int)? {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        func field(_ name: String) -> Int? {
+            guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(name + ":") }) else { return nil }
+            return line.split(separator: " ").compactMap { Int($0) }.first
+        }
+        guard let peak = field("VmHWM"), let current = field("VmRSS") else { return nil }
+        return (peak, current)
+    }
+}
+
 /// CPU time of a local process, from Linux's /proc: what `ferry bench rpc --server-pid` reports
 /// per call (client and server share the machine's cores, so CPU per call is the fair figure).
 enum ProcessCPU {

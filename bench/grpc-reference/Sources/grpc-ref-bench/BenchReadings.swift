@@ -1,0 +1,1 @@
+../../../../Sources/ferry/BenchReadings.swift
