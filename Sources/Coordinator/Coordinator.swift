@@ -17,7 +17,7 @@ import PostgresNIO
 /// put more than `maxRunningPerInstance` RUNNING jobs on an instance.
 public actor Coordinator {
     public struct Configuration: Sendable {
-        /// RUNNING jobs allowed per instance (DESIGN: default 3).
+        /// RUNNING jobs allowed per instance (default 3, docs/jobs.md).
         public var maxRunningPerInstance: Int = 3
         public init() {}
     }

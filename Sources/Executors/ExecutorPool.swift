@@ -17,7 +17,7 @@ import Synchronization
 /// without notifications.
 public final class ExecutorPool: Service, Sendable {
     public struct Configuration: Sendable {
-        /// Jobs this replica runs at once (DESIGN: default 4).
+        /// Jobs this replica runs at once (default 4, docs/jobs.md).
         public var executors: Int = 4
         public var heartbeatInterval: Duration = .seconds(2)
         /// How often to look for admitted jobs without a notification.

@@ -10,7 +10,7 @@ public struct RPCServerConfiguration: Sendable {
     public var privateKey: NIOSSLPrivateKey
     /// When set, clients must present a certificate signed by one of these (mTLS).
     public var clientCertificateAuthorities: [NIOSSLCertificate]?
-    /// Largest frame body accepted, in bytes (DESIGN: 4 MiB).
+    /// Largest frame body accepted, in bytes (the protocol's default: 4 MiB, docs/protocol.md).
     public var maxFrameBytes: Int = 4 * 1024 * 1024
     /// Open streams per connection; a call beyond it ends with RESOURCE_EXHAUSTED.
     public var maxConcurrentStreams: Int = 128

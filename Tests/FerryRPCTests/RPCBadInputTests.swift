@@ -6,7 +6,7 @@ import NIOCore
 import NIOPosix
 import Testing
 
-/// Every class of bad input gets the answer DESIGN.md gives it, and the server goes on
+/// Every class of bad input gets the answer docs/protocol.md gives it, and the server goes on
 /// serving other connections.
 @Suite struct RPCBadInputTests {
     /// A connection error: exactly one goaway with `code`, then the server closes.
