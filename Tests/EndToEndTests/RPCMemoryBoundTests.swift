@@ -70,7 +70,7 @@ import Testing
             #expect(sent < 256 << 20, "the flooder got \(sent >> 20) MiB in")
             #expect(sent > 1 << 20, "the flood did not get going (\(sent) bytes)")
             #expect(witnessResults.withLock { $0.failed }.isEmpty, "\(witnessResults.withLock { $0.failed })")
-            #expect(witnessResults.withLock { $0.ok } >= Self.seconds * 2)
+            #expect(witnessResults.withLock { $0.ok } >= Self.seconds, "the witness was not served throughout")
             #expect(try await witness.check().status == .serving)
 
             // The metrics middleware counted the witness's calls, and the gauges exist.

@@ -106,9 +106,9 @@ import Testing
             }
             let started = ContinuousClock.now
             try await raw.sendFrame(call(1, sleep: 30_000, timeoutMs: 20_000))
-            try await raw.sendFrame(call(2, sleep: 30_000, timeoutMs: 600))
-            try await raw.sendFrame(call(3, sleep: 30_000, timeoutMs: 300))
-            try await raw.sendFrame(call(4, sleep: 50, timeoutMs: 100_000))
+            try await raw.sendFrame(call(2, sleep: 30_000, timeoutMs: 1_500))
+            try await raw.sendFrame(call(3, sleep: 30_000, timeoutMs: 500))
+            try await raw.sendFrame(call(4, sleep: 0, timeoutMs: 100_000))
             var statuses: [(Int32, StatusCode)] = []
             while statuses.count < 3, let frame = try await raw.next() {
                 if case .status(let stream, let code, _, _) = frame { statuses.append((stream, code)) }
