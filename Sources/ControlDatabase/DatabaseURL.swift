@@ -147,12 +147,19 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         }
         var pairs: [String: String] = [:]
         var characters = Substring(trimmed)
+        var previousKey: String?
         while let start = characters.firstIndex(where: { !$0.isWhitespace }) {
             characters = characters[start...]
-            guard let equals = characters.firstIndex(of: "=") else {
-                throw ParseError(message: "the connection string has '\(characters.prefix(while: { !$0.isWhitespace }))' without '=' (expected key=value pairs or a postgres:// URL)")
+            // A key is one word, then '=' (spaces around it allowed, as libpq does).
+            let keyEnd = characters.firstIndex(where: { $0.isWhitespace || $0 == "=" }) ?? characters.endIndex
+            let key = String(characters[..<keyEnd])
+            let rest = characters[keyEnd...].drop(while: \.isWhitespace)
+            guard !key.isEmpty, rest.first == "=" else {
+                // The stray word is not quoted: it may be the rest of an unquoted password.
+                let after = previousKey.map { " after \($0)=" } ?? ""
+                throw ParseError(message: "the connection string has a word without '='\(after) (expected key=value pairs, values with spaces in single quotes, or a postgres:// URL)")
             }
-            let key = characters[..<equals].trimmingCharacters(in: .whitespaces)
+            let equals = rest.startIndex
             characters = characters[characters.index(after: equals)...].drop(while: { $0 == " " })
             var value = ""
             if characters.first == "'" {
@@ -177,6 +184,7 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
                 characters = characters[end...]
             }
             pairs[key] = value
+            previousKey = key
         }
         guard let host = pairs.removeValue(forKey: "host"), !host.isEmpty else {
             throw ParseError(message: "the connection string names no host")

@@ -38,11 +38,16 @@ public struct JobRecord: Sendable {
         self.id = id
         self.kind = JobKind(databaseName: kind) ?? .unspecified
         self.status = JobStatus(name: status) ?? .unspecified
-        self.params = (try? JobParams(jsonValue: JSONValue.parse(params))) ?? JobParams()
+        // A row the server cannot read is an error, never an empty value a job would run with.
+        do {
+            self.params = try JobParams(jsonValue: JSONValue.parse(params))
+            self.progress = try JobProgress(jsonValue: JSONValue.parse(progress))
+        } catch {
+            throw RPCError(.dataLoss, "job \(id.uuidString.lowercased()) holds params or progress this server cannot read: \(error)")
+        }
         self.attempt = attempt
         self.rerunOf = rerunOf
         self.rootJobID = root
-        self.progress = (try? JobProgress(jsonValue: JSONValue.parse(progress))) ?? JobProgress()
         if let errorCode {
             self.error = JobError(code: errorCode, message: errorMessage ?? "", retryable: errorRetryable ?? false)
         }

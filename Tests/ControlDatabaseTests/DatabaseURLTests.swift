@@ -32,6 +32,18 @@ import Testing
         }
     }
 
+    @Test func aPasswordWithAnUnquotedSpaceIsNotEchoed() {
+        do {
+            let url = try DatabaseURL(parsingConnectionString: "host=h user=u password=correct horse dbname=d")
+            Issue.record("accepted: \(url)")
+        } catch {
+            #expect(!error.message.contains("horse") && !error.message.contains("correct"), "\(error.message)")
+            #expect(error.message.contains("after password=") && error.message.contains("single quotes"), "\(error.message)")
+        }
+        // Quoted, it is the password.
+        #expect((try? DatabaseURL(parsingConnectionString: "host=h user=u password='correct horse' dbname=d"))?.password == "correct horse")
+    }
+
     @Test func ipv6Host() throws {
         let url = try DatabaseURL(parsing: "postgres://u:p@[::1]:5433/d")
         #expect(url.host == "::1")

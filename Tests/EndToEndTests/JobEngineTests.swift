@@ -383,6 +383,23 @@ import Testing
 
     // MARK: Refusals
 
+    @Test func aJobRowTheServerCannotReadIsDataLossNotAnEmptyJob() async throws {
+        try await Replicas.with(count: 1, instances: 1, jobMs: 200, jobSteps: 1) { replicas in
+            let client = try await replicas.client(0)
+            defer { client.close() }
+            let job = try await client.startJob(cloneRequest(instance: "i0", target: "readable"))
+            _ = try await client.waitFor(job.id) { $0.status == .succeeded }
+            // Valid JSON, but not the JobParams message (a clone is an object, not a number).
+            try await replicas.query { connection in
+                try await connection.execute("UPDATE jobs SET params = '{\"clone\": 5}'::jsonb WHERE id = \(UUID(uuidString: job.id)!)", logger: logger)
+            }
+            var caught: RPCError?
+            do { _ = try await client.job(job.id) } catch let error as RPCError { caught = error }
+            #expect(caught?.code == .dataLoss, "\(String(describing: caught))")
+            #expect(caught?.message.contains(job.id) == true, "\(String(describing: caught))")
+        }
+    }
+
     @Test func unknownJobsBadIdsAndRerunsOfTheWrongStatus() async throws {
         try await Replicas.with(count: 1, instances: 1, jobMs: 4000, jobSteps: 8) { replicas in
             let client = try await replicas.client(0)
