@@ -1,0 +1,1 @@
+../../../../Sources/FerryProtocol/Generated/health.pb.swift
