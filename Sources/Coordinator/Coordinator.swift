@@ -49,14 +49,17 @@ public actor Coordinator {
     /// A request to admit a new job (StartJob) or a rerun (RerunJob).
     public struct Request: Sendable {
         public var params: JobParams
+        /// What the job touches, as its kind's plan step worked it out (sorted, distinct).
+        public var touches: [JobTouch]
         public var queue: Bool
         public var requestID: String?
         public var createdBy: String?
         /// The FAILED or CANCELLED job this one reruns.
         public var rerunOf: UUID?
 
-        public init(params: JobParams, queue: Bool, requestID: String?, createdBy: String?, rerunOf: UUID? = nil) {
+        public init(params: JobParams, touches: [JobTouch], queue: Bool, requestID: String?, createdBy: String?, rerunOf: UUID? = nil) {
             self.params = params
+            self.touches = touches.sorted()
             self.queue = queue
             self.requestID = requestID
             self.createdBy = createdBy
@@ -88,7 +91,7 @@ public actor Coordinator {
     }
 
     private func admit(_ request: Request, on connection: PostgresConnection) async throws -> JobRecord {
-        let touches = try JobPlan.touches(request.params)
+        let touches = request.touches
         let instances = JobPlan.instances(touches)
         try await lock(instances, on: connection)
         if let requestID = request.requestID, let existing = try await JobStore.fetch(requestID: requestID, on: connection, logger: logger) {
@@ -118,7 +121,7 @@ public actor Coordinator {
             let record = try await JobStore.insert(
                 id: id, params: request.params, touches: touches, status: .running, requestID: request.requestID,
                 createdBy: request.createdBy, rerunOf: predecessor, on: connection, logger: logger)
-            try await connection.execute("SELECT pg_notify(\(JobStore.channel), 'admitted')", logger: logger)
+            try await EngineNotification.admitted.send(on: connection, logger: logger)
             logger.info("job admitted", metadata: ["job_id": "\(id.uuidString.lowercased())", "instances": "\(instances.joined(separator: ","))"])
             return record
         }
@@ -168,7 +171,7 @@ public actor Coordinator {
                         UPDATE jobs SET status = 'RUNNING', started_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = \(id)
                         """, logger: logger)
                     _ = try await JobStore.appendStatus(id, status: .running, error: nil, on: connection, logger: logger)
-                    try await connection.execute("SELECT pg_notify(\(JobStore.channel), 'admitted')", logger: logger)
+                    try await EngineNotification.admitted.send(on: connection, logger: logger)
                     return .admitted
                 }
             }

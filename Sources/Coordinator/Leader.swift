@@ -96,7 +96,7 @@ public final class Leader: Service, Sendable {
                         """, logger: logger)
                     guard !rows.isEmpty else { return false }
                     _ = try await JobStore.appendStatus(id, status: .failed, error: error, on: connection, logger: logger)
-                    try await connection.execute("SELECT pg_notify(\(JobStore.channel), 'freed')", logger: logger)
+                    try await EngineNotification.freed.send(on: connection, logger: logger)
                     return true
                 }
                 if ended {

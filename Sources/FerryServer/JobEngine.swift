@@ -47,17 +47,15 @@ struct JobEngine: Sendable {
         instances = InstancesService(client: client, logger: logger)
 
         let executors = self.executors
-        notifier.subscribe { payload in
-            switch payload {
-            case "admitted": executors.wake()
-            case "freed": queue.wake()
-            case Notifier.resync:
+        notifier.subscribe { notification in
+            switch notification {
+            case .admitted: executors.wake()
+            case .freed: queue.wake()
+            case .resync:
                 executors.wake()
                 queue.wake()
-            default:
-                if payload.hasPrefix("cancel:"), let id = UUID(uuidString: String(payload.dropFirst(7))) {
-                    executors.cancel(id)
-                }
+            case .cancel(let id): executors.cancel(id)
+            case .event: break
             }
         }
     }

@@ -36,11 +36,11 @@ struct JobsService: Sendable {
 
     func startJob(_ request: StartJobRequest, _ context: RPCContext) async throws -> Job {
         let params = try JobPlan.params(of: request)
-        _ = try JobPlan.touches(params)
+        let touches = try JobPlan.touches(params)
         try requireRunner(params.kind ?? .unspecified)
         let requestID = try Self.requestID(request.requestID)
         let record = try await coordinator.admit(.init(
-            params: params, queue: request.queue, requestID: requestID, createdBy: context.principal?.name))
+            params: params, touches: touches, queue: request.queue, requestID: requestID, createdBy: context.principal?.name))
         return record.job
     }
 
@@ -59,7 +59,7 @@ struct JobsService: Sendable {
         if !repeated { try Coordinator.checkRerunnable(job) }
         try requireRunner(job.kind)
         let record = try await coordinator.admit(.init(
-            params: job.params, queue: request.queue, requestID: requestID, createdBy: context.principal?.name, rerunOf: id))
+            params: job.params, touches: try JobPlan.touches(job.params), queue: request.queue, requestID: requestID, createdBy: context.principal?.name, rerunOf: id))
         return record.job
     }
 
@@ -115,13 +115,13 @@ struct JobsService: Sendable {
                                cancel_requested_at = clock_timestamp() WHERE id = \(id)
                         """, logger: logger)
                     _ = try await JobStore.appendStatus(id, status: .cancelled, error: nil, on: connection, logger: logger)
-                    try await connection.execute("SELECT pg_notify(\(JobStore.channel), 'freed')", logger: logger)
+                    try await EngineNotification.freed.send(on: connection, logger: logger)
                     freed = true
                 } else if status == JobStatus.running.name {
                     try await connection.execute("""
                         UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, clock_timestamp()) WHERE id = \(id)
                         """, logger: logger)
-                    try await connection.execute("SELECT pg_notify(\(JobStore.channel), 'cancel:' || \(id.uuidString.lowercased()))", logger: logger)
+                    try await EngineNotification.cancel(id).send(on: connection, logger: logger)
                 }
                 return (try await JobStore.fetch(id, on: connection, logger: logger), freed)
             }

@@ -10,12 +10,6 @@ import SwiftProtobuf
 /// (`clock_timestamp()`, not the transaction's start) so that intervals from different
 /// replicas compare.
 public enum JobStore {
-    /// The NOTIFY channel. Payloads: `job:<id>:<seq>` (a new event), `admitted` (a job became
-    /// RUNNING and waits for an executor), `freed` (capacity freed: queued jobs may go),
-    /// `cancel:<id>` (a running job should stop). Notifications are hints; everything also
-    /// works by polling.
-    public static let channel = "ferry"
-
     public static func fetch(_ id: UUID, on connection: PostgresConnection, logger: Logger) async throws -> JobRecord? {
         let rows = try await connection.execute("SELECT \(unescaped: JobRecord.columns()) FROM jobs WHERE id = \(id)", logger: logger)
         return try rows.first.map(JobRecord.init(row:))
@@ -64,6 +58,8 @@ public enum JobStore {
     /// Appends an event with the job's next seq and notifies watchers (at commit).
     @discardableResult
     public static func appendEvent(_ jobID: UUID, type: JobEventType, payload: JSONValue, on connection: PostgresConnection, logger: Logger) async throws -> JobEvent {
+        // EngineNotification.event's text, completed with the seq the statement hands out.
+        let eventPayloadPrefix = EngineNotification.event(job: jobID, seq: 0).payload.dropLast(1)
         let rows = try await connection.execute("""
             WITH next AS (
                 UPDATE jobs SET last_seq = last_seq + 1, updated_at = clock_timestamp() WHERE id = \(jobID) RETURNING last_seq
@@ -73,7 +69,7 @@ public enum JobStore {
                 RETURNING seq, created_at
             )
             SELECT e.seq, e.created_at FROM event e
-             CROSS JOIN LATERAL (SELECT pg_notify(\(channel), 'job:' || \(jobID.uuidString.lowercased()) || ':' || e.seq)) AS notified
+             CROSS JOIN LATERAL (SELECT pg_notify(\(EngineNotification.channel), \(String(eventPayloadPrefix)) || e.seq)) AS notified
             """, logger: logger)
         guard let row = rows.first else { throw RPCError(.notFound, "job \(jobID.uuidString.lowercased()) not found") }
         let (seq, at) = try row.decode((Int64, Date).self)
@@ -138,7 +134,7 @@ public enum JobStore {
             var record = try JobRecord(row: row)
             let event = try await appendStatus(jobID, status: status, error: error, on: connection, logger: logger)
             record.lastSeq = event.seq
-            try await connection.execute("SELECT pg_notify(\(channel), 'freed')", logger: logger)
+            try await EngineNotification.freed.send(on: connection, logger: logger)
             return record
         }
     }

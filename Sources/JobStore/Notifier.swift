@@ -5,7 +5,7 @@ import PostgresNIO
 import ServiceLifecycle
 import Synchronization
 
-/// Delivers the control database's NOTIFY hints (``JobStore/channel``) to this replica.
+/// Delivers the control database's NOTIFY hints (``EngineNotification``) to this replica.
 ///
 /// LISTEN needs a session of its own, which a transaction-pooling PgBouncer cannot give, so
 /// the notifier uses a dedicated connection to `url` (a direct DSN). Without one it does
@@ -14,11 +14,8 @@ import Synchronization
 public final class Notifier: Service, Sendable {
     private let url: DatabaseURL?
     private let logger: Logger
-    private let handlers = Mutex<[UUID: @Sendable (String) -> Void]>([:])
+    private let handlers = Mutex<[UUID: @Sendable (EngineNotification) -> Void]>([:])
     private let listening = Atomic<Bool>(false)
-
-    /// The payload handed to every handler after (re)connecting: anything may have been missed.
-    public static let resync = "resync"
 
     public init(url: DatabaseURL?, logger: Logger) {
         self.url = url
@@ -32,7 +29,7 @@ public final class Notifier: Service, Sendable {
 
     /// Calls `handler` with each payload, on the notifier's task; keep it short.
     @discardableResult
-    public func subscribe(_ handler: @escaping @Sendable (String) -> Void) -> UUID {
+    public func subscribe(_ handler: @escaping @Sendable (EngineNotification) -> Void) -> UUID {
         let id = UUID()
         handlers.withLock { $0[id] = handler }
         return id
@@ -42,8 +39,8 @@ public final class Notifier: Service, Sendable {
         handlers.withLock { $0[id] = nil }
     }
 
-    private func dispatch(_ payload: String) {
-        for handler in handlers.withLock({ Array($0.values) }) { handler(payload) }
+    private func dispatch(_ notification: EngineNotification) {
+        for handler in handlers.withLock({ Array($0.values) }) { handler(notification) }
     }
 
     public func run() async throws {
@@ -58,12 +55,13 @@ public final class Notifier: Service, Sendable {
                 do {
                     let connection = try await url.connect(logger: logger, id: 2)
                     do {
-                        try await connection.listen(on: JobStore.channel) { notifications in
+                        try await connection.listen(on: EngineNotification.channel) { notifications in
                             listening.store(true, ordering: .relaxed)
                             delay = .milliseconds(200)
-                            dispatch(Self.resync)
+                            dispatch(.resync)
                             for try await notification in notifications {
-                                dispatch(notification.payload)
+                                // A payload this build does not know is ignored like a lost hint.
+                                if let known = EngineNotification(payload: notification.payload) { dispatch(known) }
                             }
                         }
                     } catch {
@@ -76,7 +74,7 @@ public final class Notifier: Service, Sendable {
                     logger.warning("LISTEN connection lost; polling until it is back", metadata: ["error": "\(error)"])
                 }
                 listening.store(false, ordering: .relaxed)
-                dispatch(Self.resync)
+                dispatch(.resync)
                 try? await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(5))
             }

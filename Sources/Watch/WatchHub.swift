@@ -30,18 +30,18 @@ public final class WatchHub: Sendable {
         self.logger = logger
         self.notifiedPoll = notifiedPoll
         self.pollingPoll = pollingPoll
-        notifier.subscribe { [weak self] payload in self?.notified(payload) }
+        notifier.subscribe { [weak self] notification in self?.notified(notification) }
     }
 
-    private func notified(_ payload: String) {
-        if payload == Notifier.resync {
+    private func notified(_ notification: EngineNotification) {
+        switch notification {
+        case .resync:
             for feed in feeds.withLock({ Array($0.values) }) { feed.wakeup.signal() }
-            return
+        case .event(let id, _):
+            feeds.withLock { $0[id] }?.wakeup.signal()
+        case .admitted, .freed, .cancel:
+            break
         }
-        // job:<uuid>:<seq>
-        let parts = payload.split(separator: ":")
-        guard parts.count == 3, parts[0] == "job", let id = UUID(uuidString: String(parts[1])) else { return }
-        feeds.withLock { $0[id] }?.wakeup.signal()
     }
 
     /// Streams the job's events after `after` through `send` (each event with its JSON form,
