@@ -10,7 +10,7 @@ enum EmbeddedMigrations {
         File(
             name: "0001_initial.sql",
             sql: #"""
--- Ferry control database, initial schema (see DESIGN.md sections 1-3).
+-- Ferry control database, initial schema.
 -- Statuses, kinds and roles are text with CHECK constraints rather than enum types, so a
 -- later migration can extend them inside a transaction.
 

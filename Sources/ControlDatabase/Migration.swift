@@ -14,8 +14,16 @@ public struct Migration: Sendable, Hashable {
     public let version: Int
     public let name: String
     public let sql: String
-    /// Hex SHA-256 of the file's bytes; an applied migration whose file changes is refused.
+    /// Hex SHA-256 of what the migration does: its canonical statements
+    /// (``SQLScript/canonicalStatements(in:)``: no comments, whitespace runs as one space) and
+    /// whether it runs in a transaction. Recorded when the migration is applied; an applied
+    /// migration whose statements change is refused, while editing its comments is not.
     public let checksum: String
+    /// Checksums an earlier build may have recorded for this same migration: builds before
+    /// ``checksum`` covered only statements recorded the SHA-256 of the file's bytes, so
+    /// the current file's, and for a file whose comments changed since, that of each
+    /// earlier edition (``Migration/earlierFileChecksums``).
+    public let acceptedChecksums: Set<String>
     public let isTransactional: Bool
 
     /// `0001_initial`: the file name without `.sql`.
@@ -42,12 +50,40 @@ public struct Migration: Sendable, Hashable {
         self.version = version
         self.name = String(stem[stem.index(after: underscore)...])
         self.sql = sql
-        self.checksum = SHA256.hash(data: Data(sql.utf8)).map { String(format: "%02x", $0) }.joined()
         let leadingComments = sql.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline)
             .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
             .prefix { $0.isEmpty || $0.hasPrefix("--") }
         self.isTransactional = !leadingComments.contains(Self.noTransactionMarker)
+        let statements: [String]
+        do {
+            statements = try SQLScript.canonicalStatements(in: sql)
+        } catch {
+            throw DefinitionError(message: "migration file \(fileName) cannot be parsed: \(error)")
+        }
+        self.checksum = Self.statementChecksum(statements, isTransactional: isTransactional)
+        let id = String(format: "%04d_%@", version, String(stem[stem.index(after: underscore)...]))
+        self.acceptedChecksums = Set([checksum, Self.sha256(sql)]).union(Self.earlierFileChecksums[id] ?? [])
     }
+
+    /// The checksum of a migration's canonical statements. The transaction marker is a
+    /// comment, yet it changes how the statements run, so it is covered too.
+    static func statementChecksum(_ statements: [String], isTransactional: Bool) -> String {
+        var text = isTransactional ? "" : noTransactionMarker + "\n"
+        for statement in statements { text += statement + ";\n" }
+        return sha256(text)
+    }
+
+    static func sha256(_ text: String) -> String {
+        SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Whole-file checksums of earlier editions of built-in migrations whose comments were
+    /// edited since. Earlier builds recorded such a checksum, and the database they migrated
+    /// must still be accepted; the statements of those editions are the current ones.
+    static let earlierFileChecksums: [String: Set<String>] = [
+        // Its first line's comment pointed at a document outside the repository.
+        "0001_initial": ["2740e3b776b943d07c7bc091a0c334a6d053be3efaad8d05f87f667e0ddf40c9"],
+    ]
 }
 
 /// An ordered set of migrations with unique versions.

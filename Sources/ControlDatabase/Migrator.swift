@@ -196,7 +196,7 @@ public struct Migrator: Sendable {
     }
 
     private func verify(_ migration: Migration, appliedChecksum: String) throws {
-        guard appliedChecksum == migration.checksum else {
+        guard migration.acceptedChecksums.contains(appliedChecksum) else {
             throw MigrationError(code: .checksumMismatch, message:
                 "migration \(migration.id) was changed after it was applied (applied checksum \(appliedChecksum.prefix(12)), file checksum \(migration.checksum.prefix(12))); restore the original file and add a new migration instead, nothing was changed")
         }

@@ -19,9 +19,25 @@ public enum SQLScript {
 
     /// The statements of `script`, trimmed, without empty or comment-only ones.
     public static func statements(in script: String) throws(SplitError) -> [String] {
+        try split(script).map(\.text)
+    }
+
+    /// The statements of `script` as the server sees them: comments dropped and each run of
+    /// whitespace outside strings, quoted identifiers and dollar quotes made one space (none
+    /// beside a parenthesis or comma). Two
+    /// scripts that differ only in comments or layout have the same canonical statements
+    /// (what a migration's checksum covers).
+    public static func canonicalStatements(in script: String) throws(SplitError) -> [String] {
+        try split(script).map(\.canonical)
+    }
+
+    private static func split(_ script: String) throws(SplitError) -> [(text: String, canonical: String)] {
         let text = Array(script.unicodeScalars)
-        var statements: [String] = []
+        var statements: [(text: String, canonical: String)] = []
         var current = String.UnicodeScalarView()
+        // The statement without comments, whitespace runs as one space (or none).
+        var canonical = String.UnicodeScalarView()
+        var pendingSpace = false
         var hasCode = false
         var index = 0
         var line = 1
@@ -34,16 +50,28 @@ public enum SQLScript {
             let statement = String(current).trimmingWhitespace()
             if hasCode, !statement.isEmpty {
                 try check(code, line: statementLine)
-                statements.append(statement)
+                statements.append((statement, String(canonical)))
             }
             current = String.UnicodeScalarView()
+            canonical = String.UnicodeScalarView()
+            pendingSpace = false
             hasCode = false
             code = ""
         }
         func peek(_ offset: Int) -> Unicode.Scalar? {
             index + offset < text.count ? text[index + offset] : nil
         }
-        func copy(through end: Int) {
+        func copy(through end: Int, canonically: Bool = true) {
+            if canonically {
+                // Space next to a parenthesis or comma never matters; elsewhere one is kept
+                // (it separates words, and `- -` is not `--`).
+                if pendingSpace, let last = canonical.last, !"(),".unicodeScalars.contains(last),
+                   !"(),".unicodeScalars.contains(text[index]) {
+                    canonical.append(" ")
+                }
+                pendingSpace = false
+                canonical.append(contentsOf: text[index..<end])
+            }
             for position in index..<end {
                 if text[position] == "\n" { line += 1 }
                 current.append(text[position])
@@ -58,7 +86,8 @@ public enum SQLScript {
                 var end = index
                 while end < text.count, text[end] != "\n" { end += 1 }
                 code += " "
-                copy(through: end)
+                pendingSpace = true
+                copy(through: end, canonically: false)
             case "/" where peek(1) == "*":
                 // PostgreSQL block comments nest.
                 let startLine = line
@@ -78,7 +107,8 @@ public enum SQLScript {
                     }
                 } while depth > 0
                 code += " "
-                copy(through: end)
+                pendingSpace = true
+                copy(through: end, canonically: false)
             case "'", "\"":
                 let startLine = line
                 // E'…' strings take backslash escapes; standard strings double the quote.
@@ -148,7 +178,12 @@ public enum SQLScript {
                     hasCode = true
                 }
                 code.unicodeScalars.append(scalar)
-                copy(through: index + 1)
+                if scalar.properties.isWhitespace {
+                    pendingSpace = true
+                    copy(through: index + 1, canonically: false)
+                } else {
+                    copy(through: index + 1)
+                }
             }
         }
         try flush()
