@@ -78,6 +78,17 @@ public struct LeaseLock: Sendable {
         return !rows.isEmpty
     }
 
+    /// Whether we hold the lease now (by the database clock), without extending it.
+    public func isHeld(on connection: PostgresConnection, logger: Logger) async throws -> Bool {
+        var binds = PostgresBindings()
+        binds.append(name)
+        binds.append(owner)
+        let rows = try await connection.execute(PostgresQuery(unsafeSQL: """
+            SELECT 1 FROM \(table) WHERE name = $1 AND owner = $2 AND expires_at >= now()
+            """, binds: binds), logger: logger)
+        return !rows.isEmpty
+    }
+
     /// Gives the lease up, only if it is still ours.
     public func release(on connection: PostgresConnection, logger: Logger) async throws {
         var binds = PostgresBindings()

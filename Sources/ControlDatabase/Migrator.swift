@@ -1,3 +1,4 @@
+import Crypto
 import FerryCore
 import Foundation
 import Logging
@@ -232,10 +233,13 @@ public struct Migrator: Sendable {
         let statements = try statements(of: migration)
         let lease = LeaseLock(table: Self.leaseTable, name: "migrations", owner: owner, duration: leaseDuration)
         try await acquire(lease, for: migration, connection)
-        // Workers exist only while their owner holds the lease. Any still running now belong
-        // to a holder whose lease expired (it died, or is cut off and about to notice): end
-        // them, so the same migration never runs twice at once.
-        try? await terminateWorkers(on: connection)
+        // Workers exist only while their owner holds the lease. Any other holder's worker
+        // still connected now belongs to a holder whose lease expired: it died, or it is
+        // paused (SIGSTOP, a VM pause) or cut off and may resume. Idle ones too: a paused
+        // holder sits idle between two statements and would send the next one when it
+        // resumes. End them all and wait until they are gone, so that such a holder finds
+        // its session dead and no statement of it runs after ours begin.
+        try? await terminateOtherWorkers(on: connection)
 
         // Set by the heartbeat before it closes the worker, so that the worker's resulting
         // connection error is reported as what it is: a lost lease.
@@ -248,12 +252,16 @@ public struct Migrator: Sendable {
                         return nil
                     }
                     group.addTask {
+                        try await checkStillHeld(lease, worker)
                         if let checksum = try await appliedChecksum(of: migration, worker) {
                             try verify(migration, appliedChecksum: checksum)
                             return false
                         }
                         let started = ContinuousClock.now
                         for statement in statements {
+                            // Our own heartbeat may not have noticed yet that the lease is gone
+                            // (we were paused, say); the lease row has the last word.
+                            try await checkStillHeld(lease, worker)
                             try await worker.execute(PostgresQuery(unsafeSQL: statement), logger: logger)
                         }
                         try await recordUnderLease(migration, lease, started: started, worker)
@@ -269,10 +277,18 @@ public struct Migrator: Sendable {
             try? await lease.release(on: connection, logger: logger)
             return applied
         } catch {
+            // A worker whose session a successor terminated fails with a connection error:
+            // report that as the lost lease it is.
+            var lost = leaseLost.isSet
+            if !lost { lost = (try? await lease.isHeld(on: connection, logger: logger)) == false }
             try? await lease.release(on: connection, logger: logger)
-            if leaseLost.isSet { throw leaseLostError }
+            if lost { throw leaseLostError }
             throw Self.failure(of: migration, error: error)
         }
+    }
+
+    private func checkStillHeld(_ lease: LeaseLock, _ worker: PostgresConnection) async throws {
+        guard try await lease.isHeld(on: worker, logger: logger) else { throw leaseLostError }
     }
 
     private var leaseLostError: MigrationError {
@@ -306,24 +322,59 @@ public struct Migrator: Sendable {
         }
     }
 
-    /// The application_name of non-transactional workers, so that a lease's loser and its
-    /// successor can find them in pg_stat_activity (PgBouncer passes it on to the server).
-    static let workerApplicationName = "ferry-migrate-worker"
+    /// The prefix of the application_name of non-transactional workers, so that a lease's
+    /// loser and its successor can find them in pg_stat_activity (PgBouncer passes it on to
+    /// the server). Earlier builds named every worker exactly this.
+    static let workerApplicationNamePrefix = "ferry-migrate-worker"
+
+    /// This holder's workers: the prefix and the owner (or, when that would not fit in the
+    /// 63 bytes PostgreSQL keeps, a digest of it), so that one holder's workers can be told
+    /// from another's.
+    static func workerApplicationName(owner: String) -> String {
+        let named = workerApplicationNamePrefix + ":" + owner
+        if named.utf8.count <= 63, named.unicodeScalars.allSatisfy({ (0x20...0x7e).contains($0.value) }) { return named }
+        return workerApplicationNamePrefix + ":" + SHA256.hash(data: Data(owner.utf8)).prefix(12).map { String(format: "%02x", $0) }.joined()
+    }
+
+    var workerApplicationName: String { Self.workerApplicationName(owner: owner) }
 
     private var workerURL: DatabaseURL {
         var url = url
-        url.applicationName = Self.workerApplicationName
+        url.applicationName = workerApplicationName
         return url
     }
 
-    /// Only busy sessions count: behind PgBouncer an idle pooled server connection may still
-    /// carry a worker's application_name after the worker left (every Ferry connection sets its
-    /// own name, so PgBouncer renames it when another client takes it).
-    private func terminateWorkers(on connection: PostgresConnection) async throws {
+    /// How long a terminated worker's backend may take to exit before we go on anyway.
+    static let terminationWait = 5_000
+
+    /// Ends every worker session of other holders, whatever its state, and waits for each to
+    /// exit (`pg_terminate_backend` with a timeout). Behind PgBouncer an idle pooled server
+    /// connection may still carry an old worker's name after that worker left; terminating it
+    /// costs the pooler one reconnection.
+    private func terminateOtherWorkers(on connection: PostgresConnection) async throws {
+        let mine = workerApplicationName
+        let prefix = Self.workerApplicationNamePrefix
+        let rows = try await connection.execute("""
+            SELECT count(*)::int, count(*) FILTER (WHERE NOT pg_terminate_backend(pid, \(Self.terminationWait)))::int
+              FROM pg_stat_activity
+             WHERE (application_name = \(prefix) OR starts_with(application_name, \(prefix + ":")))
+               AND application_name <> \(mine) AND datname = current_database() AND pid <> pg_backend_pid()
+            """, logger: logger)
+        if let row = rows.first {
+            let (terminated, lingering) = try row.decode((Int, Int).self)
+            if terminated > 0 {
+                logger.notice("terminated the workers of an earlier migration lease holder", metadata: [
+                    "sessions": "\(terminated)", "still_exiting": "\(lingering)",
+                ])
+            }
+        }
+    }
+
+    /// Ends our own worker's session on the server, whatever its state.
+    private func terminateOwnWorkers(on connection: PostgresConnection) async throws {
         try await connection.execute("""
             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE application_name = \(Self.workerApplicationName) AND datname = current_database()
-               AND state <> 'idle' AND pid <> pg_backend_pid()
+             WHERE application_name = \(workerApplicationName) AND datname = current_database() AND pid <> pg_backend_pid()
             """, logger: logger)
     }
 
@@ -367,9 +418,9 @@ public struct Migrator: Sendable {
                 lost.set()
                 var terminated = false
                 if let connection {
-                    terminated = (try? await terminateWorkers(on: connection)) != nil
+                    terminated = (try? await terminateOwnWorkers(on: connection)) != nil
                 } else if let fresh = try? await url.connect(logger: logger, id: 1) {
-                    terminated = (try? await terminateWorkers(on: fresh)) != nil
+                    terminated = (try? await terminateOwnWorkers(on: fresh)) != nil
                     try? await fresh.close()
                 }
                 if !terminated { try? await worker.close() }

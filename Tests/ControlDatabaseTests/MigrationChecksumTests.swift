@@ -96,6 +96,16 @@ import Testing
         #expect(report.applied == ["0002_b"])
     }
 
+    @Test func workerNamesFitPostgresAndTellHoldersApart() {
+        let short = Migrator.workerApplicationName(owner: "host:42:abcd1234")
+        #expect(short == "ferry-migrate-worker:host:42:abcd1234")
+        let long = String(repeating: "h", count: 60)
+        let a = Migrator.workerApplicationName(owner: long + ":1:aaaaaaaa")
+        let b = Migrator.workerApplicationName(owner: long + ":1:bbbbbbbb")
+        #expect(a.utf8.count <= 63 && b.utf8.count <= 63)
+        #expect(a.hasPrefix("ferry-migrate-worker:") && a != b)
+    }
+
     private func recordedChecksum(_ url: DatabaseURL, version: Int) async throws -> String {
         try await url.withConnection(logger: logger) { connection in
             let rows = try await connection.execute("SELECT checksum FROM ferry_schema_migrations WHERE version = \(version)", logger: logger)

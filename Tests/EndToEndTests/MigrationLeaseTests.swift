@@ -65,4 +65,59 @@ import Testing
         }
         #expect(sleeping == 0, "the dead holder's statement still runs")
     }
+
+    /// A holder paused (SIGSTOP: a VM pause, a long GC) while its worker sits idle between two
+    /// statements must not run its next statement when it resumes after a successor took the
+    /// lease over and completed the migration.
+    @Test func aPausedHolderRunsNoStatementAfterATakeover() async throws {
+        let url = try await TestPostgres.shared.freshDatabase("lease_pause")
+        // The DO statement waits for the test's gate; the INSERT after it logs which session ran it.
+        let fenced = """
+            -- ferry:no-transaction
+            CREATE TABLE IF NOT EXISTS fence_gate (opened boolean);
+            CREATE TABLE IF NOT EXISTS fence_log (pid int, at timestamptz);
+            DO $$ BEGIN WHILE NOT EXISTS (SELECT 1 FROM fence_gate) LOOP PERFORM pg_sleep(0.05); END LOOP; END $$;
+            INSERT INTO fence_log VALUES (pg_backend_pid(), clock_timestamp());
+            """
+        let directory = try migrationsDirectory(extra: ["0099_fenced.sql": fenced])
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let environment = ["FERRY_DATABASE_URL": url.secretURLString]
+        let arguments = [FerryBinaries.ferryd, "migrate", "--migrations-dir", directory, "--migration-lease-seconds", "3"]
+
+        let holder = try RunningProcess.start(arguments, environment: environment)
+        // However the test ends, the holder must not stay stopped (finish kills it at worst).
+        defer { holder.child.signal(SIGCONT) }
+        var worker = 0
+        for _ in 0..<300 where worker == 0 {
+            worker = (try? await scalar(url, "SELECT coalesce(max(pid), 0)::int FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'DO $$ BEGIN WHILE%' AND state = 'active'")) ?? 0
+            if worker == 0 { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        try #require(worker != 0, "the holder never reached the gated statement: \(holder.output)")
+
+        // Pause the holder, then let its statement end on the server: its worker session is
+        // now idle between two statements, with the next one still to send.
+        holder.child.signal(SIGSTOP)
+        _ = try await scalar(url, "INSERT INTO fence_gate VALUES (true) RETURNING 1")
+        var idle = false
+        for _ in 0..<100 where !idle {
+            idle = try await scalar(url, "SELECT count(*)::int FROM pg_stat_activity WHERE pid = \(worker) AND state = 'idle'") == 1
+            if !idle { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        try #require(idle, "the paused holder's worker did not become idle")
+
+        // Its lease expires (it cannot renew while stopped); a successor takes over and finishes.
+        let successor = try await RunningProcess.run(arguments, environment: environment, timeout: .seconds(60))
+        #expect(successor.status == 0, "\(successor.output)")
+        #expect(try await scalar(url, "SELECT count(*)::int FROM ferry_schema_migrations WHERE version = 99") == 1)
+        #expect(try await scalar(url, "SELECT count(*)::int FROM fence_log") == 1)
+
+        // The holder resumes: it must find its session gone or its lease lost, and run nothing.
+        holder.child.signal(SIGCONT)
+        let resumed = await holder.finish(timeout: .seconds(60))
+        #expect(resumed.status == 1, "\(resumed.output)")
+        #expect(resumed.output.contains("lost the migration lease"), "\(resumed.output)")
+        #expect(try await scalar(url, "SELECT count(*)::int FROM fence_log WHERE pid = \(worker)") == 0, "the paused holder ran its next statement after the takeover")
+        #expect(try await scalar(url, "SELECT count(*)::int FROM fence_log") == 1)
+        #expect(try await scalar(url, "SELECT count(*)::int FROM ferry_schema_migrations WHERE version = 99") == 1)
+    }
 }
