@@ -238,7 +238,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf"), "ferryd", "ferry", "ferryd-test", "FerryCore", "ControlDatabase", "EmbeddedPostgres", "FerryTestSupport",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf"), "ferryd", "ferry", "ferryd-test", "FerryCore", "FerryServer", "ControlDatabase", "EmbeddedPostgres", "FerryTestSupport",
                            "FerryClient", "FerryProtocol", "FerryRPC",
                            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                            .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOTLS", package: "swift-nio")]

@@ -1,9 +1,11 @@
+import FerryCore
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Prometheus
 import ServiceLifecycle
+import Synchronization
 
 /// The operations endpoint: plain HTTP on its own port, apart from the TLS RPC port.
 ///
@@ -11,10 +13,21 @@ import ServiceLifecycle
 /// - `GET /metrics`: the process's metrics in Prometheus text format.
 ///
 /// Each connection serves one request and is closed, so a graceful shutdown never waits on
-/// an idle keep-alive connection.
+/// an idle keep-alive connection. The port is usually reachable by more than the monitoring
+/// system, so what a client can hold is bounded: at most ``maxConnections`` open at once
+/// (more are closed as soon as they are accepted), and each gets ``requestTimeout`` from
+/// accept to the end of its answer, so a client that connects and sends nothing (or trickles
+/// its request, or does not read the answer) cannot keep a slot for long.
 public struct OpsServer: Service {
+    /// Health checks and scrapes come from a few monitors; far fewer than the RPC port's.
+    public static let defaultMaxConnections = 64
+    /// A probe answers within two seconds; a scrape is small. Ample for a well-behaved client.
+    public static let defaultRequestTimeout = Duration.seconds(10)
+
     public let host: String
     public let port: Int
+    public let maxConnections: Int
+    public let requestTimeout: Duration
     let registry: PrometheusCollectorRegistry
     let health: @Sendable () async -> Bool
     let onBound: @Sendable (SocketAddress) async throws -> Void
@@ -25,11 +38,16 @@ public struct OpsServer: Service {
         port: Int,
         registry: PrometheusCollectorRegistry,
         logger: Logger,
+        maxConnections: Int = OpsServer.defaultMaxConnections,
+        requestTimeout: Duration = OpsServer.defaultRequestTimeout,
         health: @escaping @Sendable () async -> Bool,
         onBound: @escaping @Sendable (SocketAddress) async throws -> Void
     ) {
+        precondition(maxConnections > 0)
         self.host = host
         self.port = port
+        self.maxConnections = maxConnections
+        self.requestTimeout = requestTimeout
         self.registry = registry
         self.health = health
         self.onBound = onBound
@@ -38,11 +56,32 @@ public struct OpsServer: Service {
 
     private typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
+    /// An accepted connection beyond the cap, closed at once.
+    private struct OverCapacity: Error {}
+
     public func run() async throws {
+        let open = OpenConnections(limit: maxConnections)
+        let timeout = TimeAmount.nanoseconds(requestTimeout.wholeNanoseconds)
+        let logger = logger
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: host, port: port) { channel in
-                channel.eventLoop.makeCompletedFuture {
+            .bind(host: host, port: port) { (channel: any Channel) -> EventLoopFuture<Connection> in
+                guard open.admit() else {
+                    logger.debug("ops endpoint at its connection limit; closing a new connection", metadata: ["limit": "\(open.limit)"])
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeFailedFuture(OverCapacity())
+                }
+                // Counted until closed, however that happens; the deadline closes it if the
+                // exchange is not over in time, and is cancelled when it is.
+                let deadline = channel.eventLoop.scheduleTask(in: timeout) {
+                    logger.debug("ops connection timed out", metadata: ["timeout": "\(requestTimeout)"])
+                    channel.close(promise: nil)
+                }
+                channel.closeFuture.whenComplete { _ in
+                    deadline.cancel()
+                    open.release()
+                }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     return try Connection(wrappingChannelSynchronously: channel)
                 }
@@ -107,5 +146,28 @@ public struct OpsServer: Service {
         default:
             return (.notFound, "text/plain", ByteBuffer(string: "not found; try /healthz or /metrics\n"))
         }
+    }
+}
+
+/// The ops endpoint's open connections, counted against its cap from any event loop.
+private final class OpenConnections: Sendable {
+    let limit: Int
+    private let count = Atomic<Int>(0)
+
+    init(limit: Int) { self.limit = limit }
+
+    /// Counts a new connection if there is room.
+    func admit() -> Bool {
+        var current = count.load(ordering: .relaxed)
+        while current < limit {
+            let (exchanged, original) = count.compareExchange(expected: current, desired: current + 1, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    func release() {
+        count.subtract(1, ordering: .relaxed)
     }
 }
