@@ -64,6 +64,9 @@ struct ServerCredentials {
             throw StartupFailure(message: error.message)
         }
         let needsTokens = configuration.tokensFile == nil && (configuration.tokensText ?? "").isEmpty
+        if let stateDirectory = configuration.stateDirectory, configuredTLS == nil || needsTokens {
+            try checkStateDirectory(stateDirectory, usesKey: configuredTLS == nil, usesToken: needsTokens)
+        }
         return Configured(
             tls: configuredTLS, clientCertificateAuthorities: clientCertificateAuthorities, tokens: tokens,
             needsTokens: needsTokens, stateDirectory: configuration.stateDirectory)
@@ -135,6 +138,65 @@ struct ServerCredentials {
         } catch {
             if let temporaryDirectory { try? FileManager.default.removeItem(atPath: temporaryDirectory) }
             throw error
+        }
+    }
+
+    /// A state directory that already exists is adopted only if it is as private as one
+    /// ferryd creates: a directory of this user that nobody else can enter, whose key and
+    /// admin token are files of this user that nobody else can read or write, and whose
+    /// admin token looks like one ferryd generates. Otherwise another local user might have
+    /// read the key or token, or planted a token of their own choosing for us to accept as
+    /// admin. An empty `admin.token` (left by a start that died while writing it) is
+    /// replaced like a missing one.
+    static func checkStateDirectory(_ directory: String, usesKey: Bool, usesToken: Bool) throws {
+        guard let info = status(of: directory) else { return }  // created private later
+        guard info.st_mode & S_IFMT == S_IFDIR else {
+            throw StartupFailure(message: "the state directory \(directory) is not a directory: choose another --state-dir")
+        }
+        try checkPrivate(directory, info, what: "state directory", fix: "chmod 700 \(directory)")
+        if usesKey, let key = status(of: directory + "/key.pem") {
+            try checkPrivateFile(directory + "/key.pem", key, what: "TLS key")
+        }
+        let tokenFile = directory + "/admin.token"
+        if usesToken, let token = status(of: tokenFile) {
+            try checkPrivateFile(tokenFile, token, what: "admin token file")
+            let kept = (FileManager.default.contents(atPath: tokenFile).flatMap { String(data: $0, encoding: .utf8) } ?? "\u{FFFD}")
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            guard kept.isEmpty || isGeneratedToken(kept) else {
+                throw StartupFailure(message: "the admin token file \(tokenFile) does not hold a token of the form ferryd generates (fy_ and 43 base64url characters): remove it, and ferryd generates a new one")
+            }
+        }
+    }
+
+    /// The shape of ``TokenStore/generateToken()``: `fy_` and 32 random bytes in unpadded
+    /// base64url.
+    static func isGeneratedToken(_ token: String) -> Bool {
+        let body = token.utf8.dropFirst(3)
+        return token.hasPrefix("fy_") && body.count == 43 && body.allSatisfy { byte in
+            (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_")
+        }
+    }
+
+    private static func status(of path: String) -> stat? {
+        var info = stat()
+        return stat(path, &info) == 0 ? info : nil
+    }
+
+    private static func checkPrivateFile(_ path: String, _ info: stat, what: String) throws {
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw StartupFailure(message: "the \(what) \(path) is not a regular file: remove it, and ferryd generates a new one")
+        }
+        try checkPrivate(path, info, what: what, fix: "chmod 600 \(path)")
+    }
+
+    private static func checkPrivate(_ path: String, _ info: stat, what: String, fix: String) throws {
+        guard info.st_uid == geteuid() else {
+            throw StartupFailure(message: "the \(what) \(path) belongs to uid \(info.st_uid), not to this user (uid \(geteuid())): chown it to this user or choose another --state-dir")
+        }
+        let mode = info.st_mode & 0o777
+        guard mode & 0o077 == 0 else {
+            throw StartupFailure(message: "the \(what) \(path) is accessible by group or others (mode \(String(mode, radix: 8))): \(fix)")
         }
     }
 
