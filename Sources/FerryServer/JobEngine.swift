@@ -27,13 +27,8 @@ struct JobEngine: Sendable {
         var logger = logger
         logger[metadataKey: "replica"] = "\(replica)"
 
-        let listenURL: DatabaseURL?
-        switch configuration.listenDatabase {
-        case .automatic: listenURL = configuration.migrationDatabaseURL ?? url
-        case .url(let given): listenURL = given
-        case .none: listenURL = nil
-        }
-        notifier = Notifier(url: listenURL, logger: logger)
+        // Checked at start-up to deliver (ServerConfiguration.checkListenDelivers).
+        notifier = Notifier(url: configuration.listenURL(databaseURL: url), logger: logger)
         let coordinator = Coordinator(url: url, configuration: configuration.coordinator, logger: logger)
         self.coordinator = coordinator
         let queue = QueueLoop(coordinator: coordinator, logger: logger)

@@ -1,6 +1,9 @@
 import ControlDatabase
 import Coordinator
 import Executors
+import Foundation
+import Logging
+import PostgresNIO
 
 /// Everything `ferryd serve` and `ferryd migrate` need, resolved from flags and environment.
 public struct ServerConfiguration: Sendable {
@@ -55,7 +58,8 @@ public struct ServerConfiguration: Sendable {
 
     /// Which connection receives NOTIFY hints.
     public enum ListenDatabase: Sendable {
-        /// The migration URL if set (the direct one in pooled set-ups), else the database URL.
+        /// The migration URL if set (the direct one in pooled set-ups), else the database URL;
+        /// checked at start-up (``ServerConfiguration/checkListenDelivers(on:databaseURL:logger:)``).
         case automatic
         case url(DatabaseURL)
         /// No LISTEN: everything polls (for a pooled DSN with no direct one).
@@ -68,5 +72,82 @@ public struct ServerConfiguration: Sendable {
     public func migrations() throws -> MigrationSet {
         if let migrationsDirectory { return try MigrationSet.load(directory: migrationsDirectory) }
         return try MigrationSet.builtIn()
+    }
+}
+
+// MARK: LISTEN
+
+extension ServerConfiguration {
+    /// Where the notifier LISTENs, `nil` for nowhere (everything polls): the URL given with
+    /// `--listen-database-url`, else the migration URL (the direct one in a pooled set-up),
+    /// else the database URL.
+    public func listenURL(databaseURL: DatabaseURL) -> DatabaseURL? {
+        switch listenDatabase {
+        case .automatic: migrationDatabaseURL ?? databaseURL
+        case .url(let given): given
+        case .none: nil
+        }
+    }
+
+    /// How long a notification to ourselves may take before LISTEN counts as not delivering.
+    public static let listenProbeTimeout = Duration.seconds(5)
+
+    /// Refuses to start when LISTEN on ``listenURL(databaseURL:)`` would silently never
+    /// deliver: behind a transaction pooler (PgBouncer's transaction mode) LISTEN runs on
+    /// whichever server session the pooler lends for that one statement, so notifications go
+    /// to a session we no longer hold, and the notifier would believe it listens while every
+    /// replica waits a full poll interval for each hint.
+    ///
+    /// The check is the thing itself, not a guess at the kind of server: one connection
+    /// LISTENs on a probe channel and a second one NOTIFYs it with a random payload; it must
+    /// arrive within ``listenProbeTimeout``. (Notifying from the listening connection would not
+    /// do: a pooler that lends the same server session again delivers it to us.)
+    public func checkListenDelivers(on url: DatabaseURL? = nil, databaseURL: DatabaseURL, logger: Logger) async throws {
+        guard let url = url ?? listenURL(databaseURL: databaseURL) else { return }
+        let source = switch listenDatabase {
+        case .url: "--listen-database-url"
+        case .automatic where migrationDatabaseURL != nil: "--migration-database-url, used for LISTEN"
+        default: "the database URL, used for LISTEN without a migration URL"
+        }
+        let delivered: Bool
+        do {
+            delivered = try await Self.notificationArrives(on: url, within: Self.listenProbeTimeout, logger: logger)
+        } catch let error as DatabaseError {
+            throw StartupFailure(message: "cannot check LISTEN on \(url) (\(source)): \(error.message)")
+        } catch {
+            throw StartupFailure(message: DatabaseError(running: "checking LISTEN on \(url) (\(source))", error: error).message)
+        }
+        guard delivered else {
+            throw StartupFailure(message: "LISTEN on \(url) (\(source)) delivered no notification within \(Self.listenProbeTimeout) (is it a transaction pooler?): give a direct connection with --listen-database-url, or --listen-database-url none to poll")
+        }
+        logger.debug("LISTEN delivers notifications", metadata: ["listen_database": "\(url)"])
+    }
+
+    static func notificationArrives(on url: DatabaseURL, within timeout: Duration, logger: Logger) async throws -> Bool {
+        let channel = "ferry_listen_probe"
+        let payload = UUID().uuidString
+        return try await url.withConnection(logger: logger) { listener in
+            try await url.withConnection(logger: logger) { sender in
+                try await withThrowingTaskGroup(of: Bool.self) { group in
+                    group.addTask {
+                        try await listener.listen(on: channel) { notifications in
+                            // The consumer runs once LISTEN is in place.
+                            try await sender.execute("SELECT pg_notify(\(channel), \(payload))", logger: logger)
+                            for try await notification in notifications where notification.payload == payload {
+                                return true
+                            }
+                            return false
+                        }
+                    }
+                    group.addTask {
+                        try await Task.sleep(for: timeout)
+                        return false
+                    }
+                    let first = try await group.next() ?? false
+                    group.cancelAll()
+                    return first
+                }
+            }
+        }
     }
 }
