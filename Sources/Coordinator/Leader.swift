@@ -12,7 +12,11 @@ import ServiceLifecycle
 /// lapses. Unlike a session advisory lock it works behind a transaction-pooling PgBouncer.
 ///
 /// The leader rescues jobs whose replica died: a RUNNING job whose heartbeat is older than
-/// `heartbeatTimeout` becomes FAILED with UNAVAILABLE and `retryable: true`. It is not retried
+/// `heartbeatTimeout` becomes FAILED with UNAVAILABLE and `retryable: true`; one whose cancel
+/// was requested and whose owner has not heartbeated since, for `cancelGrace`, becomes
+/// CANCELLED as its caller asked (a live owner hears a cancel at its next heartbeat). The
+/// lease and the rescue run on a connection of the leader's own, so no load on the shared
+/// pool delays them. A rescued job is not retried
 /// automatically: a job that kills its replica (out of memory, a crash in a driver) would
 /// otherwise take one replica after another down, and the caller that started it should
 /// decide. RerunJob resumes it from its saved resume state.
@@ -22,18 +26,24 @@ public final class Leader: Service, Sendable {
         public var leaseDuration: Duration = .seconds(10)
         /// A RUNNING job whose heartbeat is older than this is rescued.
         public var heartbeatTimeout: Duration = .seconds(15)
+        /// How long a cancel-requested job's owner may stay silent after the request before
+        /// the job is ended CANCELLED without it (about three heartbeat intervals).
+        public var cancelGrace: Duration = .seconds(6)
         public init() {}
     }
 
     private let lease: LeaseLock
-    private let client: PostgresClient
+    private let url: DatabaseURL
     private let configuration: Configuration
     private let logger: Logger
     private let onRescued: @Sendable () async -> Void
 
-    public init(replica: String, client: PostgresClient, configuration: Configuration, logger: Logger, onRescued: @escaping @Sendable () async -> Void) {
+    /// - Parameter url: the control database, for the leader's own connection.
+    public init(replica: String, url: DatabaseURL, configuration: Configuration, logger: Logger, onRescued: @escaping @Sendable () async -> Void) {
         self.lease = LeaseLock(table: "leases", name: "leader", owner: replica, duration: configuration.leaseDuration)
-        self.client = client
+        var url = url
+        url.applicationName = "ferryd leader"
+        self.url = url
         self.configuration = configuration
         var logger = logger
         logger[metadataKey: "component"] = "leader"
@@ -44,67 +54,50 @@ public final class Leader: Service, Sendable {
     public func run() async throws {
         // Renew three times per lifetime, and look for dead jobs as often.
         let interval = configuration.leaseDuration / 3
-        let leading = await cancelWhenGracefulShutdown { [self] () async -> Bool in
+        let (leading, connection) = await cancelWhenGracefulShutdown { [self] () async -> (Bool, PostgresConnection?) in
             var leading = false
+            var connection: PostgresConnection?
             while !Task.isCancelled {
                 do {
-                    let attempt = try await client.withConnection { try await lease.tryAcquire(on: $0, logger: logger) }
+                    if connection == nil || connection?.isClosed == true { connection = try await url.connect(logger: logger) }
+                    guard let open = connection else { continue }
+                    let attempt = try await lease.tryAcquire(on: open, logger: logger)
                     if attempt == .acquired {
                         if !leading { logger.notice("this replica is the leader") }
                         leading = true
-                        if try await rescue() > 0 { await onRescued() }
+                        if try await rescue(on: open) > 0 { await onRescued() }
                     } else {
                         if leading { logger.notice("this replica is no longer the leader") }
                         leading = false
                     }
                 } catch {
                     logger.warning("leader election failed", metadata: ["error": "\(String(reflecting: error))"])
+                    // The statement is over (it failed), so closing cannot strand it.
+                    try? await connection?.close()
+                    connection = nil
                 }
                 try? await Task.sleep(for: interval)
             }
-            return leading
+            return (leading, connection)
         }
-        if leading {
+        if leading, let connection {
             // Let another replica lead at once rather than after the lease lapses.
-            _ = try? await client.withConnection { try await lease.release(on: $0, logger: logger) }
+            _ = try? await lease.release(on: connection, logger: logger)
         }
+        try? await connection?.close()
     }
 
-    /// Fails the RUNNING jobs whose heartbeat stopped; returns how many.
-    func rescue() async throws -> Int {
-        let timeoutMs = Int(configuration.heartbeatTimeout.wholeMilliseconds)
-        return try await client.withConnection { connection in
-            let stale = try await connection.execute("""
-                SELECT id, owner FROM jobs
-                 WHERE status = 'RUNNING' AND owner IS NOT NULL
-                   AND heartbeat_at < clock_timestamp() - \(timeoutMs) * interval '1 millisecond'
-                """, logger: logger).map { try $0.decode((UUID, String).self) }
-            var rescued = 0
-            for (id, owner) in stale {
-                let error = JobError(
-                    code: StatusCode.unavailable.rawValue,
-                    message: "replica \(owner) stopped heartbeating while running the job; rerun to resume",
-                    retryable: true)
-                let ended = try await connection.transaction(logger: logger) { connection -> Bool in
-                    // Re-checked in the update: a late heartbeat wins over the rescue.
-                    let rows = try await connection.execute("""
-                        UPDATE jobs SET status = 'FAILED', finished_at = clock_timestamp(), updated_at = clock_timestamp(),
-                               error_code = \(error.code), error_message = \(error.message), error_retryable = true
-                         WHERE id = \(id) AND status = 'RUNNING' AND owner = \(owner)
-                           AND heartbeat_at < clock_timestamp() - \(timeoutMs) * interval '1 millisecond'
-                        RETURNING id
-                        """, logger: logger)
-                    guard !rows.isEmpty else { return false }
-                    _ = try await JobStore.appendStatus(id, status: .failed, error: error, on: connection, logger: logger)
-                    try await EngineNotification.freed.send(on: connection, logger: logger)
-                    return true
-                }
-                if ended {
-                    rescued += 1
-                    logger.warning("rescued a job whose replica stopped heartbeating", metadata: ["job_id": "\(id.uuidString.lowercased())", "owner": "\(owner)"])
-                }
-            }
-            return rescued
+    /// Ends the RUNNING jobs whose heartbeat stopped; returns how many.
+    func rescue(on connection: PostgresConnection) async throws -> Int {
+        let timeout = configuration.heartbeatTimeout
+        let grace = configuration.cancelGrace
+        var rescued = 0
+        for job in try await JobLifecycle.stale(timeout: timeout, cancelGrace: grace, on: connection, logger: logger) {
+            guard try await JobLifecycle.rescue(job, timeout: timeout, cancelGrace: grace, on: connection, logger: logger) else { continue }
+            rescued += 1
+            logger.warning(job.cancelRequested ? "cancelled a job whose replica stopped heartbeating" : "rescued a job whose replica stopped heartbeating",
+                           metadata: ["job_id": "\(job.id.uuidString.lowercased())", "owner": "\(job.owner)"])
         }
+        return rescued
     }
 }

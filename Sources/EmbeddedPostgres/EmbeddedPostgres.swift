@@ -1,3 +1,4 @@
+import FerryRuntime
 import Foundation
 import Logging
 
@@ -167,6 +168,18 @@ public final class EmbeddedPostgres: Sendable {
     }
 
     /// Creates a database owned by the superuser.
+    /// Stops the server at once (its clients' sessions end as in a crash), waits `downtime`,
+    /// and starts it again with the same data on the same port: an outage, for tests.
+    public func restart(downtime: Duration) async throws {
+        try await SystemProcess.run(SystemProcess.unprivileged([
+            binaries.pgCtl, "stop", "-D", dataDirectory, "-m", "immediate", "-w", "-t", "60", "-s",
+        ]), directory: baseDirectory, logFile: baseDirectory + "/setup.log")
+        try await Task.sleep(for: downtime)
+        try await SystemProcess.run(SystemProcess.unprivileged([
+            binaries.pgCtl, "start", "-D", dataDirectory, "-l", serverLog, "-w", "-t", "60", "-s",
+        ]), directory: baseDirectory, logFile: baseDirectory + "/setup.log")
+    }
+
     public func createDatabase(_ name: String) async throws {
         try await SystemProcess.run(SystemProcess.unprivileged([
             binaries.createdb, "-h", baseDirectory, "-p", String(port), "-U", user, name,

@@ -99,7 +99,7 @@ public enum FerryServer {
         let client = PostgresClient(configuration: url.clientConfiguration(), backgroundLogger: logger)
         let probe = HealthProbe(client: client, logger: logger)
         let health: @Sendable () async -> Bool = { await probe.isHealthy() }
-        let engine = JobEngine(configuration, url: url, client: client, logger: logger)
+        let engine = try JobEngine(configuration, url: url, client: client, logger: logger)
 
         // The ready file is written once both listeners are bound.
         // The two listeners bind concurrently; whichever completes the pair announces, once.
@@ -164,9 +164,12 @@ public enum FerryServer {
                 // Either server ending (even by error) ends the process: the ops server is how
                 // we are watched, the RPC server is what we are for.
                 .init(service: ops, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
-                // Last, so it is shut down first: goaway and drain while the database is still
-                // there for the streams in flight.
+                // Near the end, so it is shut down early: goaway and drain while the database is
+                // still there for the streams in flight.
                 .init(service: rpc, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
+                // Last, so it hears the signal first: the executors stop claiming at once,
+                // rather than claim jobs during the drain only to stop them moments later.
+                .init(service: ShutdownAnnouncer { [executors = engine.executors] in executors.stopClaiming() }),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
@@ -194,5 +197,15 @@ public enum FerryServer {
         guard rename(path + ".tmp", path) == 0 else {
             throw StartupFailure(message: "cannot write the ready file \(path): \(String(cString: strerror(errno)))")
         }
+    }
+}
+
+/// Runs `onShutdown` as soon as graceful shutdown begins, then ends.
+struct ShutdownAnnouncer: Service {
+    let onShutdown: @Sendable () -> Void
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        onShutdown()
     }
 }

@@ -20,7 +20,7 @@ struct JobEngine: Sendable {
     let jobs: JobsService
     let instances: InstancesService
 
-    init(_ configuration: ServerConfiguration, url: DatabaseURL, client: PostgresClient, logger: Logger) {
+    init(_ configuration: ServerConfiguration, url: DatabaseURL, client: PostgresClient, logger: Logger) throws {
         // Unique per process, readable in job rows and logs.
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "ferryd"
         replica = "\(host):\(getpid()):\(UUID().uuidString.prefix(4).lowercased())"
@@ -33,12 +33,17 @@ struct JobEngine: Sendable {
         self.coordinator = coordinator
         let queue = QueueLoop(coordinator: coordinator, logger: logger)
         self.queue = queue
+        // The kinds are built once the resources they are given exist.
+        let resources = JobResources(
+            instances: InstanceDirectory(controlDatabase: client, settings: configuration.jobSettings),
+            controlDatabase: client, settings: configuration.jobSettings, logger: logger)
+        let kinds = try configuration.kinds.instantiate(resources)
         executors = ExecutorPool(
-            replica: replica, client: client, runners: configuration.runners, configuration: configuration.executors, logger: logger,
+            replica: replica, client: client, heartbeatURL: url, kinds: kinds, configuration: configuration.executors, logger: logger,
             onFinished: { queue.wake() })
-        leader = Leader(replica: replica, client: client, configuration: configuration.leader, logger: logger, onRescued: { queue.wake() })
+        leader = Leader(replica: replica, url: url, configuration: configuration.leader, logger: logger, onRescued: { queue.wake() })
         watchHub = WatchHub(client: client, notifier: notifier, logger: logger)
-        jobs = JobsService(client: client, coordinator: coordinator, runners: configuration.runners, executors: executors, watchHub: watchHub, logger: logger)
+        jobs = JobsService(client: client, coordinator: coordinator, kinds: kinds, executors: executors, watchHub: watchHub, logger: logger)
         instances = InstancesService(client: client, logger: logger)
 
         let executors = self.executors

@@ -16,7 +16,7 @@ import Watch
 struct JobsService: Sendable {
     let client: PostgresClient
     let coordinator: Coordinator
-    let runners: JobRunners
+    let kinds: RegisteredKinds
     let executors: ExecutorPool
     let watchHub: WatchHub
     let logger: Logger
@@ -36,9 +36,14 @@ struct JobsService: Sendable {
 
     func startJob(_ request: StartJobRequest, _ context: RPCContext) async throws -> Job {
         let params = try JobPlan.params(of: request)
-        let touches = try JobPlan.touches(params)
-        try requireRunner(params.kind ?? .unspecified)
+        let runner = try runner(params.kind ?? .unspecified)
         let requestID = try Self.requestID(request.requestID)
+        // A repeated request returns its job without planning again (the plan may now say
+        // the target exists: it is this very job's).
+        if let requestID, let existing = try await database({ try await JobStore.fetch(requestID: requestID, on: $0, logger: logger) }) {
+            return try Coordinator.sameRequest(existing, params: params, rerunOf: nil).job
+        }
+        let touches = try await plan(runner, params, lineage: nil)
         let record = try await coordinator.admit(.init(
             params: params, touches: touches, queue: request.queue, requestID: requestID, createdBy: context.principal?.name))
         return record.job
@@ -52,15 +57,26 @@ struct JobsService: Sendable {
         }
         // A repeat of a rerun that already happened returns its job, whatever state the
         // predecessor is in now.
-        var repeated = false
-        if let requestID {
-            repeated = try await database({ try await JobStore.fetch(requestID: requestID, on: $0, logger: logger) }) != nil
+        if let requestID, let existing = try await database({ try await JobStore.fetch(requestID: requestID, on: $0, logger: logger) }) {
+            return try Coordinator.sameRequest(existing, params: job.params, rerunOf: id).job
         }
-        if !repeated { try Coordinator.checkRerunnable(job) }
-        try requireRunner(job.kind)
+        try Coordinator.checkRerunnable(job)
+        let runner = try runner(job.kind)
+        let touches = try await plan(runner, job.params, lineage: job.rootJobID)
         let record = try await coordinator.admit(.init(
-            params: job.params, touches: try JobPlan.touches(job.params), queue: request.queue, requestID: requestID, createdBy: context.principal?.name, rerunOf: id))
+            params: job.params, touches: touches, queue: request.queue, requestID: requestID, createdBy: context.principal?.name, rerunOf: id))
         return record.job
+    }
+
+    /// The kind's plan step, before anything is admitted; its refusals become status codes.
+    private func plan(_ runner: AnyJobRunner, _ params: JobParams, lineage: UUID?) async throws -> [JobTouch] {
+        let resources = kinds.resources
+        let context = PlanContext(instances: resources.instances, controlDatabase: client, lineage: lineage, logger: logger)
+        do {
+            return try await runner.plan(params, context)
+        } catch let refusal as PlanRefusal {
+            throw refusal.rpcError
+        }
     }
 
     func getJob(_ request: GetJobRequest) async throws -> Job {
@@ -100,36 +116,23 @@ struct JobsService: Sendable {
 
     /// A queued job, or an admitted one no executor has picked up yet, is cancelled at once.
     /// A running one gets a cancel request: its replica hears it by NOTIFY (or at its next
-    /// heartbeat) and stops it, and it ends CANCELLED, resumable by RerunJob.
+    /// heartbeat) and stops it, and it ends CANCELLED, resumable by RerunJob; if its replica
+    /// is dead, the leader ends it CANCELLED within a few heartbeat intervals.
     func cancelJob(_ request: CancelJobRequest) async throws -> Job {
         let id = try parseJobID(request.jobID)
-        let (record, freed) = try await database { connection in
-            try await connection.transaction(logger: logger) { connection -> (JobRecord?, Bool) in
-                let rows = try await connection.execute("SELECT status, owner FROM jobs WHERE id = \(id) FOR UPDATE", logger: logger)
-                guard let row = rows.first else { return (nil, false) }
-                let (status, owner) = try row.decode((String, String?).self)
-                var freed = false
-                if status == JobStatus.queued.name || (status == JobStatus.running.name && owner == nil) {
-                    try await connection.execute("""
-                        UPDATE jobs SET status = 'CANCELLED', finished_at = clock_timestamp(), updated_at = clock_timestamp(),
-                               cancel_requested_at = clock_timestamp() WHERE id = \(id)
-                        """, logger: logger)
-                    _ = try await JobStore.appendStatus(id, status: .cancelled, error: nil, on: connection, logger: logger)
-                    try await EngineNotification.freed.send(on: connection, logger: logger)
-                    freed = true
-                } else if status == JobStatus.running.name {
-                    try await connection.execute("""
-                        UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, clock_timestamp()) WHERE id = \(id)
-                        """, logger: logger)
-                    try await EngineNotification.cancel(id).send(on: connection, logger: logger)
-                }
-                return (try await JobStore.fetch(id, on: connection, logger: logger), freed)
-            }
+        let outcome = try await database { try await JobLifecycle.cancel(id, on: $0, logger: logger) }
+        switch outcome {
+        case .notFound:
+            throw RPCError(.notFound, "job \(id.uuidString.lowercased()) not found")
+        case .cancelled(let record):
+            _ = try? await coordinator.promoteQueued()
+            return record.job
+        case .requested(let record):
+            executors.cancel(id)
+            return record.job
+        case .finished(let record):
+            return record.job
         }
-        guard let record else { throw RPCError(.notFound, "job \(id.uuidString.lowercased()) not found") }
-        executors.cancel(id)
-        if freed { _ = try? await coordinator.promoteQueued() }
-        return record.job
     }
 
     func watchJob(_ request: WatchJobRequest, _ writer: ResponseWriter<JobEvent>) async throws {
@@ -163,10 +166,11 @@ struct JobsService: Sendable {
 
     // MARK: Helpers
 
-    private func requireRunner(_ kind: JobKind) throws {
-        guard runners.runner(for: kind) != nil else {
+    private func runner(_ kind: JobKind) throws -> AnyJobRunner {
+        guard let runner = kinds.runner(for: kind) else {
             throw RPCError(.unimplemented, "job kind \(kind.name) is not available in this build of ferryd")
         }
+        return runner
     }
 
     static func requestID(_ text: String?) throws -> String? {
@@ -212,6 +216,20 @@ extension PostgresClient {
         } catch {
             logger.warning("control database call failed", metadata: ["error": "\(String(reflecting: error))"])
             throw RPCError(.unavailable, "the control database is unavailable; retry")
+        }
+    }
+}
+
+extension PlanRefusal {
+    /// The ferry/1 status a refusal is answered with.
+    var rpcError: RPCError {
+        switch self {
+        case .invalidArgument: RPCError(.invalidArgument, message)
+        case .notFound: RPCError(.notFound, message)
+        case .alreadyExists: RPCError(.alreadyExists, message)
+        case .failedPrecondition(let problems):
+            RPCError(.failedPrecondition, message, details: .object(["problems": .array(problems.map(JSONValue.string))]))
+        case .unavailable: RPCError(.unavailable, message)
         }
     }
 }

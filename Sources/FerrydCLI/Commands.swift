@@ -198,7 +198,7 @@ struct Serve: AsyncParsableCommand {
 
     mutating func run() async throws {
         var configuration = ServerConfiguration()
-        configuration.runners = FerrydMain.runners.withLock { $0 }
+        configuration.kinds = FerrydMain.kinds.withLock { $0 }
         try database.resolve(into: &configuration)
         let logger = try database.makeLogger()
         if configuration.databaseURL == nil, configuration.migrationDatabaseURL != nil {
@@ -238,8 +238,11 @@ struct Serve: AsyncParsableCommand {
         guard configuration.leader.heartbeatTimeout > configuration.executors.heartbeatInterval * 2 else {
             throw StartupError("the heartbeat timeout must be more than twice the heartbeat interval, or live jobs would be failed")
         }
-        // An executor stops a job it cannot confirm one interval before the leader may fail it.
-        configuration.executors.fenceAfter = configuration.leader.heartbeatTimeout - configuration.executors.heartbeatInterval
+        // An executor stops a job it cannot confirm (counted from when its last confirmed
+        // heartbeat was sent) two intervals before the leader may fail it.
+        configuration.executors.fenceAfter = configuration.leader.heartbeatTimeout - configuration.executors.heartbeatInterval * 2
+        // A live owner hears a cancel at its next heartbeat; after three, it is gone.
+        configuration.leader.cancelGrace = configuration.executors.heartbeatInterval * 3
         if let text = settings.string(listenDatabaseURL, "FERRY_LISTEN_DATABASE_URL") {
             if text == "none" {
                 configuration.listenDatabase = .none
@@ -251,6 +254,7 @@ struct Serve: AsyncParsableCommand {
                 }
             }
         }
+        FerrydMain.adjust.withLock { $0 }?(&configuration)
         try await FerryServer.serve(configuration, logger: logger)
     }
 }

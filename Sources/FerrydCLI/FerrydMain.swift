@@ -1,6 +1,7 @@
 import ArgumentParser
 import ControlDatabase
 import EmbeddedPostgres
+import FerryRuntime
 import Foundation
 import FerryServer
 import Logging
@@ -10,14 +11,21 @@ import Synchronization
 /// The `ferryd` command line, shared by the `ferryd` executable and test builds that add
 /// job kinds of their own.
 public enum FerrydMain {
-    /// The job kinds `serve` runs.
-    static let runners = Mutex(JobRunners())
+    /// The job kinds `serve` runs, and a test build's adjustments of the configuration.
+    static let kinds = Mutex(JobKinds())
+    static let adjust = Mutex<(@Sendable (inout ServerConfiguration) -> Void)?>(nil)
 
     /// Parses and runs a command. Start-up failures the user can act on (bad configuration,
     /// an unreachable or refusing database, refused migrations) print as one line,
     /// `ferryd: error: …`, with exit status 1 and no stack trace.
-    public static func main(runners: JobRunners) async {
-        Self.runners.withLock { $0 = runners }
+    ///
+    /// - Parameters:
+    ///   - kinds: the job kinds this build runs.
+    ///   - adjust: applied to `serve`'s configuration after the command line (test builds'
+    ///     hooks); nil in `ferryd`.
+    public static func main(kinds: JobKinds, adjust: (@Sendable (inout ServerConfiguration) -> Void)? = nil) async {
+        Self.kinds.withLock { $0 = kinds }
+        Self.adjust.withLock { $0 = adjust }
         // Logs go to stderr; stdout is kept for command output.
         LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
         do {

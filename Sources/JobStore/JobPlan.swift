@@ -25,8 +25,9 @@ public struct JobTouch: Sendable, Hashable, Comparable {
     }
 }
 
-/// Checks a job's parameters and works out what it touches. Errors are INVALID_ARGUMENT
-/// naming the field.
+/// The kind-independent part of a request's parameters: which kind it is, and the shape of
+/// instance ids and tenant names. Each kind checks its own fields and works out what it
+/// touches in its plan step.
 public enum JobPlan {
     /// The parameters of a StartJob request: exactly one kind's member must be set.
     public static func params(of request: StartJobRequest) throws -> JobParams {
@@ -44,64 +45,9 @@ public enum JobPlan {
         return params
     }
 
-    /// The instances and tenants `params` touches, sorted; every name checked.
-    public static func touches(_ params: JobParams) throws -> [JobTouch] {
-        var touches: [JobTouch] = []
-        if case .clone(let clone)? = params.params {
-            let source = try instance(clone.sourceInstance, "clone.sourceInstance")
-            let sourceTenant = try tenant(clone.sourceTenant, "clone.sourceTenant")
-            let target = try instance(clone.targetInstance, "clone.targetInstance")
-            let targetTenant = try tenant(clone.targetTenant, "clone.targetTenant")
-            if source == target && sourceTenant == targetTenant {
-                throw RPCError(.invalidArgument, "clone source and target are the same tenant (\(source)/\(sourceTenant))")
-            }
-            touches = [JobTouch(instance: source, tenant: sourceTenant, writes: false), JobTouch(instance: target, tenant: targetTenant, writes: true)]
-        } else if case .export(let export)? = params.params {
-            touches = [JobTouch(instance: try instance(export.sourceInstance, "export.sourceInstance"),
-                                tenant: try tenant(export.sourceTenant, "export.sourceTenant"), writes: false)]
-        } else if case .import(let request)? = params.params {
-            _ = try parseJobID(request.artifactID, field: "import.artifactId")
-            touches = [JobTouch(instance: try instance(request.targetInstance, "import.targetInstance"),
-                                tenant: try tenant(request.targetTenant, "import.targetTenant"), writes: true)]
-        } else if case .instanceReplace(let replace)? = params.params {
-            let source = try instance(replace.sourceInstance, "instanceReplace.sourceInstance")
-            let target = try instance(replace.targetInstance, "instanceReplace.targetInstance")
-            if source == target {
-                throw RPCError(.invalidArgument, "instanceReplace source and target are the same instance (\(source))")
-            }
-            touches = [JobTouch(instance: source, tenant: "", writes: false)]
-            if replace.tenants.isEmpty {
-                touches.append(JobTouch(instance: target, tenant: "", writes: true))
-            } else {
-                for (index, name) in Set(replace.tenants).sorted().enumerated() {
-                    touches.append(JobTouch(instance: target, tenant: try tenant(name, "instanceReplace.tenants[\(index)]"), writes: true))
-                }
-            }
-        } else {
-            throw RPCError(.invalidArgument, "exactly one of clone, export, import, instanceReplace must be set")
-        }
-        return touches.sorted()
-    }
-
     /// The distinct instances of `touches`, in lock order.
     public static func instances(_ touches: [JobTouch]) -> [String] {
         Array(Set(touches.map(\.instance))).sorted()
-    }
-
-    static func instance(_ value: String?, _ field: String) throws -> String {
-        guard let value, !value.isEmpty else { throw RPCError(.invalidArgument, "\(field) is required") }
-        guard isInstanceID(value) else {
-            throw RPCError(.invalidArgument, "\(field) \"\(value.prefix(80))\" is not an instance id (lower-case letters, digits, '_' and '-', at most 63)")
-        }
-        return value
-    }
-
-    static func tenant(_ value: String?, _ field: String) throws -> String {
-        guard let value, !value.isEmpty else { throw RPCError(.invalidArgument, "\(field) is required") }
-        guard isTenantName(value) else {
-            throw RPCError(.invalidArgument, "\(field) \"\(value.prefix(80))\" is not a tenant name (^[a-z_][a-z0-9_]{0,62}$, not pg_*, information_schema or public)")
-        }
-        return value
     }
 
     /// `^[a-z0-9][a-z0-9_-]{0,62}$`, as the instances table checks.

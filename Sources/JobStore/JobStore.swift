@@ -152,15 +152,6 @@ public enum JobStore {
         }
     }
 
-    /// Stores the job's resume state (what a rerun needs to skip finished work).
-    public static func saveResumeState(_ jobID: UUID, owner: String, state: JSONValue, on connection: PostgresConnection, logger: Logger) async throws -> Bool {
-        let rows = try await connection.execute("""
-            UPDATE jobs SET resume_state = \(state.text)::jsonb, updated_at = clock_timestamp()
-             WHERE id = \(jobID) AND owner = \(owner) AND status = 'RUNNING' RETURNING id
-            """, logger: logger)
-        return !rows.isEmpty
-    }
-
     public static func resumeState(_ jobID: UUID, on connection: PostgresConnection, logger: Logger) async throws -> JSONValue {
         let rows = try await connection.execute("SELECT resume_state::text FROM jobs WHERE id = \(jobID)", logger: logger)
         guard let text = try rows.first?.decode(String.self) else { return .object([:]) }

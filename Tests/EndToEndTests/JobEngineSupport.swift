@@ -34,10 +34,11 @@ final class Replicas: Sendable {
     /// the test that started it.
     static func with<T: Sendable>(
         count: Int = 3, throughPgBouncer: Bool = false, instances: Int = 2,
-        jobMs: Int = 300, jobSteps: Int = 5, arguments: [String] = [],
+        jobMs: Int = 300, jobSteps: Int = 5, arguments: [String] = [], environments: [[String: String]] = [],
         _ body: (Replicas) async throws -> T
     ) async throws -> T {
-        let replicas = try await start(count: count, throughPgBouncer: throughPgBouncer, instances: instances, jobMs: jobMs, jobSteps: jobSteps, arguments: arguments)
+        let replicas = try await start(count: count, throughPgBouncer: throughPgBouncer, instances: instances, jobMs: jobMs, jobSteps: jobSteps,
+                                       arguments: arguments, environments: environments)
         do {
             let result = try await body(replicas)
             _ = await replicas.stop()
@@ -52,7 +53,7 @@ final class Replicas: Sendable {
     /// fresh databases as instances `i0`, `i1`, …. Callers stop them (see `with`).
     static func start(
         count: Int = 3, throughPgBouncer: Bool = false, instances instanceCount: Int = 2,
-        jobMs: Int = 300, jobSteps: Int = 5, arguments: [String] = []
+        jobMs: Int = 300, jobSteps: Int = 5, arguments: [String] = [], environments: [[String: String]] = []
     ) async throws -> Replicas {
         let control = try await TestPostgres.shared.freshDatabase("engine")
         var bouncer: PgBouncer?
@@ -79,7 +80,9 @@ final class Replicas: Sendable {
                          "--heartbeat-interval", "0.3", "--heartbeat-timeout", "2", "--leader-lease", "2"] + extra
         // Every start is awaited, so that a failure leaves no replica running.
         let started = await withTaskGroup(of: Result<ServingFerryd, any Error>.self) { group in
-            for _ in 0..<count {
+            for index in 0..<count {
+                // Replica `index` also gets `environments[index]`, when given.
+                let environment = environment.merging(index < environments.count ? environments[index] : [:]) { $1 }
                 group.addTask {
                     do {
                         return .success(try await ServingFerryd.start(arguments, environment: environment, binary: FerryBinaries.ferrydTest))
@@ -132,6 +135,10 @@ final class Replicas: Sendable {
     func stop() async -> [ProcessResult] {
         var results: [ProcessResult] = []
         for server in servers { results.append(await server.stop()) }
+        // FERRY_TEST_REPLICA_OUTPUT=1 prints what the replicas logged, for debugging a test.
+        if ProcessInfo.processInfo.environment["FERRY_TEST_REPLICA_OUTPUT"] == "1" {
+            for (index, result) in results.enumerated() { print("--- replica \(index)\n\(result.output)") }
+        }
         await bouncer?.stop()
         try? FileManager.default.removeItem(atPath: files)
         return results

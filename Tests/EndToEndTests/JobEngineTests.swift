@@ -218,18 +218,26 @@ import Testing
             #expect(ContinuousClock.now - killedAt < .seconds(12))
             #expect(failed.error.code == "UNAVAILABLE" && failed.error.retryable, "\(failed.error)")
             #expect(failed.error.message.contains("stopped heartbeating"))
+            // Each finished step is a checkpoint row of the lineage.
             let saved = try await replicas.query {
-                try await $0.execute("SELECT (resume_state->>'step')::int FROM jobs WHERE id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(Int.self)
+                try await $0.execute("SELECT count(*)::int FROM job_tables WHERE root_job_id = \(UUID(uuidString: id)!)", logger: logger).first!.decode(Int.self)
             }
             #expect(saved >= 3)
 
             let rerun = try await survivor.rerun(id)
             #expect(rerun.attempt == 2 && rerun.rerunOf == id && rerun.rootJobID == id)
             let done = try await survivor.waitFor(rerun.id, timeout: .seconds(30)) { $0.status == .succeeded }
-            // The rerun continued from the lineage's saved step instead of starting over.
-            #expect(done.progress.current == "resumed at step \(saved)", "\(done.progress)")
-            #expect(done.progress.rowsCopied == Int64(16 - saved))
+            // The rerun continued from the lineage's checkpoints instead of starting over: it
+            // ran exactly the steps the first attempt had not finished, and redid none.
+            #expect(done.progress.rowsCopied == Int64(16 - saved), "\(done.progress)")
             #expect(done.progress.tablesDone == 16)
+            let byAttempt = try await replicas.query {
+                try await $0.execute("""
+                    SELECT count(*) FILTER (WHERE job_id = \(UUID(uuidString: id)!))::int, count(*) FILTER (WHERE job_id = \(UUID(uuidString: rerun.id)!))::int
+                      FROM job_tables WHERE root_job_id = \(UUID(uuidString: id)!)
+                    """, logger: logger).first!.decode((Int, Int).self)
+            }
+            #expect(byAttempt.0 == saved && byAttempt.1 == 16 - saved, "\(byAttempt)")
         }
     }
 

@@ -2,60 +2,130 @@ import Executors
 import FerryProtocol
 import FerrydCLI
 import Foundation
+import JobStore
+import PostgresNIO
 
-/// A stand-in for a data mover, so the job engine can be tested with real replicas before
-/// the real kinds exist. It works in `FERRY_TEST_JOB_STEPS` steps (default 5) of
-/// `FERRY_TEST_JOB_MS / steps` milliseconds each (default 300 ms in all), reports progress
-/// after each, and saves `{"step": n}` as its resume state, so a rerun continues where its
-/// lineage stopped. Progress tells what this attempt did: `tablesDone` = steps finished in
-/// the lineage, `rowsCopied` = steps this attempt ran, `current` = "resumed at step N".
-/// A target or source tenant starting with `fail_` fails after its first step
-/// (FAILED_PRECONDITION, not retryable). A target tenant named `<word>_<ms>_<steps>` sets
-/// this job's length (the benchmark's long watched job).
+/// A stand-in for a data mover on the job-kind interface, so the engine can be tested with
+/// real replicas before the real kinds exist. It uses all of the interface: typed params,
+/// a plan step, the instance sessions and their fence, per-item checkpoints and progress
+/// counters.
+///
+/// It works in `FERRY_TEST_JOB_STEPS` steps (default 5) of `FERRY_TEST_JOB_MS / steps`
+/// milliseconds each (default 300 ms in all). Each step is an item: shown in flight while it
+/// runs, then checkpointed as a VERIFIED row of `job_tables` (`step-0001`, …), so a rerun
+/// skips the steps its lineage finished. Progress: `tablesTotal` = steps, `tablesDone` =
+/// steps finished in the lineage, `rowsCopied` = steps this attempt ran.
+///
+/// Names steer it:
+/// - a target tenant starting with `write_` really writes: the plan requires the source
+///   tenant to exist (NOT_FOUND) and the target to be free or this lineage's
+///   (ALREADY_EXISTS); the run claims the target tenant, creates it, and through a fenced
+///   writer session inserts one row per step into `<target>.steps` (attempt, step, pid,
+///   `clock_timestamp()`);
+/// - a source or target tenant starting with `fail_` fails after the first step
+///   (FAILED_PRECONDITION, not retryable);
+/// - a target tenant named `<word>_<ms>_<steps>` sets this job's length.
 struct SteppingJob: JobRunner {
+    struct Params: Sendable {
+        var source: (instance: String, tenant: String)
+        var target: (instance: String, tenant: String)?
+        var steps: Int
+        var stepDuration: Duration
+        var failing: Bool
+        var writes: Bool
+    }
+
     let steps: Int
-    let stepDuration: Duration
+    let totalMs: Int
 
-    func run(_ context: JobContext) async throws {
-        let parts = context.job.params.clone.targetTenant.split(separator: "_")
-        if parts.count == 3, let ms = Int(parts[1]), let steps = Int(parts[2]), steps > 0 {
-            return try await SteppingJob(steps: steps, stepDuration: .milliseconds(ms / steps)).work(context)
+    func params(from wire: JobParams) throws(PlanRefusal) -> Params {
+        var params: Params
+        switch wire.params {
+        case .clone(let clone)?:
+            let source = (try ParamCheck.instance(clone.sourceInstance, "clone.sourceInstance"), try ParamCheck.tenant(clone.sourceTenant, "clone.sourceTenant"))
+            let target = (try ParamCheck.instance(clone.targetInstance, "clone.targetInstance"), try ParamCheck.tenant(clone.targetTenant, "clone.targetTenant"))
+            if source == target {
+                throw .invalidArgument(field: "clone", message: "source and target are the same tenant (\(source.0)/\(source.1))")
+            }
+            params = Params(source: source, target: target, steps: steps, stepDuration: .milliseconds(totalMs / steps), failing: false, writes: false)
+        case .export(let export)?:
+            let source = (try ParamCheck.instance(export.sourceInstance, "export.sourceInstance"), try ParamCheck.tenant(export.sourceTenant, "export.sourceTenant"))
+            params = Params(source: source, target: nil, steps: steps, stepDuration: .milliseconds(totalMs / steps), failing: false, writes: false)
+        default:
+            throw .invalidArgument(field: "params", message: "the test kind runs clone and export only")
         }
-        try await work(context)
+        let targetTenant = params.target?.tenant ?? ""
+        params.failing = targetTenant.hasPrefix("fail_") || params.source.tenant.hasPrefix("fail_")
+        params.writes = targetTenant.hasPrefix("write_")
+        let parts = targetTenant.split(separator: "_")
+        if parts.count == 3, let ms = Int(parts[1]), let count = Int(parts[2]), count > 0 {
+            params.steps = count
+            params.stepDuration = .milliseconds(ms / count)
+        }
+        return params
     }
 
-    func work(_ context: JobContext) async throws {
-        var step = 0
-        if case .number(let saved)? = context.resumeState["step"] { step = Int(saved) }
-        let start = step
-        let tenants = [context.job.params.clone.targetTenant, context.job.params.clone.sourceTenant, context.job.params.export.sourceTenant]
-        let failing = tenants.contains { $0.hasPrefix("fail_") }
-        context.report(progress(phase: "data", done: step, ran: 0, start: start))
-        while step < steps {
-            try await Task.sleep(for: stepDuration)
-            step += 1
-            try await context.saveResumeState(.object(["step": .number(Double(step))]))
-            context.report(progress(phase: step == steps ? "done" : "data", done: step, ran: step - start, start: start))
-            if failing { throw JobFailure(.failedPrecondition, "the test job was asked to fail", retryable: false) }
+    func plan(_ params: Params, _ context: PlanContext) async throws -> [JobTouch] {
+        var touches = [JobTouch(instance: params.source.instance, tenant: params.source.tenant, writes: false)]
+        if let target = params.target {
+            touches.append(JobTouch(instance: target.instance, tenant: target.tenant, writes: true))
+            if params.writes {
+                try await context.requireTenant(instance: params.source.instance, tenant: params.source.tenant)
+                try await context.requireTargetTenantAvailable(instance: target.instance, tenant: target.tenant)
+            }
         }
+        return touches
     }
 
-    func progress(phase: String, done: Int, ran: Int, start: Int) -> JobProgress {
-        var progress = JobProgress()
-        progress.phase = phase
-        progress.tablesTotal = Int64(steps)
-        progress.tablesDone = Int64(done)
-        progress.rowsCopied = Int64(ran)
-        progress.current = "resumed at step \(start)"
-        return progress
+    func run(_ params: Params, _ context: JobContext) async throws {
+        let item = { (step: Int) in String(format: "step-%04d", step) }
+        let tenant = params.target?.tenant ?? params.source.tenant
+        let finished = Set(try await context.checkpoints.tables().filter { $0.tenant == tenant && $0.status == .verified }.map(\.table))
+        let progress = context.progress
+        progress.setPhase("data")
+        progress.setTotals(tables: Int64(params.steps))
+        progress.addDone(tables: Int64(finished.count))
+
+        var writer: PostgresConnection?
+        if params.writes, let target = params.target {
+            try await context.checkpoints.claimTenant(instance: target.instance, tenant: target.tenant)
+            let connection = try await context.instances.openWriter(target.instance, tenant: target.tenant)
+            try await connection.execute("CREATE SCHEMA IF NOT EXISTS \(unescaped: target.tenant)", logger: context.logger)
+            try await connection.execute("""
+                CREATE TABLE IF NOT EXISTS \(unescaped: target.tenant).steps (
+                    attempt int NOT NULL, step int NOT NULL, pid int NOT NULL, written_at timestamptz NOT NULL DEFAULT clock_timestamp())
+                """, logger: context.logger)
+            writer = connection
+        }
+
+        for step in 1...params.steps where !finished.contains(item(step)) {
+            progress.started(item(step))
+            if let writer {
+                // The step's time is spent in a statement on the target, so stopping the job
+                // must reach the server to end it.
+                let seconds = Double(params.stepDuration.components.attoseconds) / 1e18 + Double(params.stepDuration.components.seconds)
+                try await writer.execute("SELECT pg_sleep(\(seconds))", logger: context.logger)
+                try await writer.execute("""
+                    INSERT INTO \(unescaped: tenant).steps (attempt, step, pid) VALUES (\(context.attempt), \(step), pg_backend_pid())
+                    """, logger: context.logger)
+            } else {
+                try await Task.sleep(for: params.stepDuration)
+            }
+            try await context.checkpoints.save(TableCheckpoint(tenant: tenant, table: item(step), status: .verified, rowCount: 1))
+            progress.add(rows: 1)
+            progress.finished(item(step))
+            if params.failing { throw JobFailure(.failedPrecondition, "the test job was asked to fail", retryable: false) }
+        }
+        progress.setPhase("done")
     }
 }
 
 let environment = ProcessInfo.processInfo.environment
 let steps = max(1, Int(environment["FERRY_TEST_JOB_STEPS"] ?? "") ?? 5)
 let totalMs = max(0, Int(environment["FERRY_TEST_JOB_MS"] ?? "") ?? 300)
-let job = SteppingJob(steps: steps, stepDuration: .milliseconds(totalMs / steps))
-var runners = JobRunners()
-runners.register(.clone, job)
-runners.register(.export, job)
-await FerrydMain.main(runners: runners)
+// FERRY_TEST_KINDS (default "clone,export") chooses the kinds this replica runs.
+let names = Set((environment["FERRY_TEST_KINDS"] ?? "clone,export").split(separator: ",").map(String.init))
+var kinds = JobKinds()
+if names.contains("clone") { kinds.register(.clone) { _ in SteppingJob(steps: steps, totalMs: totalMs) } }
+if names.contains("export") { kinds.register(.export) { _ in SteppingJob(steps: steps, totalMs: totalMs) } }
+await FerrydMain.main(kinds: kinds, adjust: { installAdmissionHold(&$0) })

@@ -688,8 +688,12 @@ public nonisolated struct JobProgress: Sendable {
   /// Number of tenants finished so far.
   public var tenantsDone: Int64 = 0
 
-  /// What is being worked on now, e.g. the tenant or table name.
+  /// What is being worked on now, e.g. the tenant or table name (the first of
+  /// `in_flight` and how many more, when several items are in flight).
   public var current: String = String()
+
+  /// Every item in flight now (tables, or tenants for instance_replace), sorted.
+  public var inFlight: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1560,7 +1564,7 @@ nonisolated extension Job: SwiftProtobuf.Message, SwiftProtobuf._MessageImplemen
 
 nonisolated extension JobProgress: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobProgress"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}phase\0\u{3}tables_total\0\u{3}tables_done\0\u{3}rows_copied\0\u{3}bytes_copied\0\u{3}tenants_total\0\u{3}tenants_done\0\u{1}current\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}phase\0\u{3}tables_total\0\u{3}tables_done\0\u{3}rows_copied\0\u{3}bytes_copied\0\u{3}tenants_total\0\u{3}tenants_done\0\u{1}current\0\u{3}in_flight\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1576,6 +1580,7 @@ nonisolated extension JobProgress: SwiftProtobuf.Message, SwiftProtobuf._Message
       case 6: try { try decoder.decodeSingularInt64Field(value: &self.tenantsTotal) }()
       case 7: try { try decoder.decodeSingularInt64Field(value: &self.tenantsDone) }()
       case 8: try { try decoder.decodeSingularStringField(value: &self.current) }()
+      case 9: try { try decoder.decodeRepeatedStringField(value: &self.inFlight) }()
       default: break
       }
     }
@@ -1606,6 +1611,9 @@ nonisolated extension JobProgress: SwiftProtobuf.Message, SwiftProtobuf._Message
     if !self.current.isEmpty {
       try visitor.visitSingularStringField(value: self.current, fieldNumber: 8)
     }
+    if !self.inFlight.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.inFlight, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1618,6 +1626,7 @@ nonisolated extension JobProgress: SwiftProtobuf.Message, SwiftProtobuf._Message
     if lhs.tenantsTotal != rhs.tenantsTotal {return false}
     if lhs.tenantsDone != rhs.tenantsDone {return false}
     if lhs.current != rhs.current {return false}
+    if lhs.inFlight != rhs.inFlight {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

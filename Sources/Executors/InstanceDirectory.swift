@@ -1,0 +1,349 @@
+import ControlDatabase
+import FerryProtocol
+import Foundation
+import JobStore
+import Logging
+import PostgresNIO
+
+/// Connections to the registered instances, by instance id.
+///
+/// An instance's DSN is used as registered, directly: never through a transaction pooler,
+/// because the data plane keeps session state (exported snapshots, the fence's session
+/// advisory lock) that a pooler would hand to another client between transactions.
+public final class InstanceDirectory: Sendable {
+    private let controlDatabase: PostgresClient
+    private let settings: JobSettings
+
+    public init(controlDatabase: PostgresClient, settings: JobSettings) {
+        self.controlDatabase = controlDatabase
+        self.settings = settings
+    }
+
+    /// The registered URL of `instance`; NOT_FOUND when it is not registered.
+    public func url(_ instance: String, logger: Logger) async throws -> DatabaseURL {
+        let dsn: String?
+        do {
+            dsn = try await controlDatabase.withConnection { connection in
+                try await connection.execute("SELECT dsn FROM instances WHERE id = \(instance)", logger: logger).first?.decode(String.self)
+            }
+        } catch {
+            throw PlanRefusal.unavailable("the control database is unavailable; retry")
+        }
+        guard let dsn else { throw PlanRefusal.notFound("instance \(instance) is not registered") }
+        do {
+            var url = try DatabaseURL(parsingConnectionString: dsn)
+            url.connectTimeout = min(url.connectTimeout, settings.connectTimeout)
+            return url
+        } catch {
+            throw PlanRefusal.failedPrecondition(["instance \(instance) has a DSN this server cannot parse: \(error.message)"])
+        }
+    }
+
+    /// Opens a session on `instance` named `applicationName` (how any replica finds it in
+    /// `pg_stat_activity`). Failures are UNAVAILABLE naming the instance, never its password.
+    public func connect(_ instance: String, applicationName: String, logger: Logger) async throws -> PostgresConnection {
+        var url = try await url(instance, logger: logger)
+        url.applicationName = applicationName
+        do {
+            return try await url.connect(logger: logger)
+        } catch {
+            throw PlanRefusal.unavailable("instance \(instance) is unreachable: \(error.message)")
+        }
+    }
+
+    /// Runs `body` on a short session of `instance` (plan steps, clean-ups).
+    public func withSession<T: Sendable>(
+        _ instance: String, applicationName: String = "ferry plan", logger: Logger, _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let connection = try await connect(instance, applicationName: applicationName, logger: logger)
+        do {
+            let result = try await body(connection)
+            try? await connection.close()
+            return result
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+    }
+
+    /// Whether `tenant` (a schema) exists on `instance`.
+    public func tenantExists(_ instance: String, _ tenant: String, logger: Logger) async throws -> Bool {
+        try await withSession(instance, logger: logger) { connection in
+            !(try await connection.execute("SELECT 1 FROM pg_namespace WHERE nspname = \(tenant)", logger: logger)).isEmpty
+        }
+    }
+}
+
+/// How one attempt's sessions are named on the instances: `ferry <root job id> <attempt>`.
+/// From the name alone any replica finds every session of an attempt, and a later attempt of
+/// the same lineage finds those of every earlier one.
+public struct SessionTag: Sendable, Hashable {
+    public var root: UUID
+    public var attempt: Int32
+
+    public init(root: UUID, attempt: Int32) {
+        self.root = root
+        self.attempt = attempt
+    }
+
+    static let prefix = "ferry "
+
+    public var applicationName: String { "\(Self.prefix)\(root.uuidString.lowercased()) \(attempt)" }
+
+    /// Parses an application_name; nil for a session that is not a job's.
+    public init?(applicationName: String) {
+        let parts = applicationName.split(separator: " ")
+        guard parts.count == 3, parts[0] == "ferry", let root = UUID(uuidString: String(parts[1])), let attempt = Int32(parts[2]) else { return nil }
+        self.init(root: root, attempt: attempt)
+    }
+}
+
+/// Why a running job is being stopped, as its kind is told.
+public enum StopReason: Sendable, Equatable {
+    /// CancelJob: the job ends CANCELLED.
+    case cancelled
+    /// The job is no longer this replica's (the leader failed it, or a later attempt took its
+    /// target): nothing more may be written or recorded.
+    case lostOwnership
+    /// The replica is shutting down: the job ends FAILED, retryable, and a rerun resumes it.
+    case shuttingDown
+}
+
+/// One attempt's sessions on the instances, and its fences.
+///
+/// **The fence.** At most one attempt writes a target (instance, tenant) at a time, enforced
+/// at the target itself, whatever the control database or the replicas' clocks say. Before
+/// its first write to a tenant, an attempt opens a *gate* session that takes the session
+/// advisory lock `(Ferry's fence namespace, hashtext(tenant))` on the target and holds it for
+/// the attempt's life. To get it, the attempt first terminates, on the target, every session
+/// of the earlier attempts of its lineage (found by application_name) and waits for them to
+/// end; a gate held by another lineage is terminated only when the control database says
+/// that job is no longer RUNNING (else it waits, then fails retryably). After taking the lock
+/// it sweeps the earlier attempts' sessions once more. Every session that writes opens only
+/// after checking, on itself, that its attempt's gate holds the lock. So an attempt that was
+/// frozen (SIGSTOP, a paused VM) or cut off and comes back finds its sessions gone, and any
+/// session it opens fails that check: it can no longer write.
+public actor InstanceSessions {
+    public nonisolated let tag: SessionTag
+    private let directory: InstanceDirectory
+    private let controlDatabase: PostgresClient
+    private let settings: JobSettings
+    private let logger: Logger
+    /// Called when the fence shows this attempt lost its target (a later attempt took it).
+    private let onLost: @Sendable () -> Void
+
+    private struct GateKey: Hashable {
+        var instance: String
+        var tenant: String
+    }
+
+    private var sessions: [ObjectIdentifier: (instance: String, connection: PostgresConnection)] = [:]
+    private var gates: [GateKey: Task<(connection: PostgresConnection, pid: Int32), any Error>] = [:]
+    private var touched: Set<String> = []
+    private var stopped = false
+
+    /// "FRRF": the fence's advisory lock namespace on instances, apart from the coordinator's.
+    static let fenceNamespace: Int32 = 0x4652_5246
+
+    public init(tag: SessionTag, directory: InstanceDirectory, controlDatabase: PostgresClient, settings: JobSettings, logger: Logger,
+                onLost: @escaping @Sendable () -> Void) {
+        self.tag = tag
+        self.directory = directory
+        self.controlDatabase = controlDatabase
+        self.settings = settings
+        self.logger = logger
+        self.onLost = onLost
+    }
+
+    public nonisolated var applicationName: String { tag.applicationName }
+
+    /// A session on `instance` for reading (a source). Close it with ``close(_:)``, or leave
+    /// it: the executor closes every session when the attempt ends.
+    public func open(_ instance: String) async throws -> PostgresConnection {
+        try checkNotStopped()
+        touched.insert(instance)
+        let connection = try await directory.connect(instance, applicationName: applicationName, logger: logger)
+        return try register(instance, connection)
+    }
+
+    /// A session allowed to write `tenant` on `instance`: it opens only while this attempt
+    /// holds the tenant's fence there (taken on first use, see the type's documentation).
+    /// Throws `CancellationError` when a later attempt has taken the target.
+    public func openWriter(_ instance: String, tenant: String) async throws -> PostgresConnection {
+        let gate = try await gate(instance, tenant)
+        try checkNotStopped()
+        let connection = try await directory.connect(instance, applicationName: applicationName, logger: logger)
+        _ = try register(instance, connection)
+        let holds = try await connection.execute("""
+            SELECT EXISTS (
+                SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE \(unescaped: Self.fenceLock) AND l.objid::text = (hashtext(\(tenant))::bigint & 4294967295)::text
+                   AND l.pid = \(gate.pid) AND a.application_name = \(applicationName))
+            """, logger: logger).first?.decode(Bool.self) ?? false
+        guard holds else {
+            await close(connection)
+            logger.error("the target's fence is no longer this attempt's: stopping", metadata: ["instance": "\(instance)", "tenant": "\(tenant)"])
+            onLost()
+            throw CancellationError()
+        }
+        return connection
+    }
+
+    /// Closes a session opened here.
+    public func close(_ connection: PostgresConnection) async {
+        sessions[ObjectIdentifier(connection)] = nil
+        try? await connection.close()
+    }
+
+    // MARK: The gate
+
+    private func gate(_ instance: String, _ tenant: String) async throws -> (connection: PostgresConnection, pid: Int32) {
+        try checkNotStopped()
+        let key = GateKey(instance: instance, tenant: tenant)
+        if let existing = gates[key] { return try await existing.value }
+        touched.insert(instance)
+        let task = Task { try await self.acquireGate(instance, tenant) }
+        gates[key] = task
+        return try await task.value
+    }
+
+    private func acquireGate(_ instance: String, _ tenant: String) async throws -> (connection: PostgresConnection, pid: Int32) {
+        let connection = try await directory.connect(instance, applicationName: applicationName, logger: logger)
+        _ = try register(instance, connection)
+        let pid = try await connection.execute("SELECT pg_backend_pid()", logger: logger).first?.decode(Int32.self) ?? 0
+        let deadline = ContinuousClock.now + settings.fenceWait
+        while true {
+            try checkNotStopped()
+            try await terminateEarlierAttempts(on: connection)
+            let taken = try await connection.execute(
+                "SELECT pg_try_advisory_lock(\(Self.fenceNamespace), hashtext(\(tenant)))", logger: logger
+            ).first?.decode(Bool.self) ?? false
+            if taken { break }
+            let holder = try await holders(of: tenant, on: connection)
+            var waitingFor: [String] = []
+            for (holderPid, name) in holder {
+                if let theirs = SessionTag(applicationName: name) {
+                    if theirs.root == tag.root && theirs.attempt > tag.attempt {
+                        // A later attempt of this lineage writes the target: this one is over.
+                        logger.error("a later attempt holds the target's fence: stopping", metadata: ["instance": "\(instance)", "tenant": "\(tenant)", "holder": "\(name)"])
+                        onLost()
+                        throw CancellationError()
+                    }
+                    if theirs.root != tag.root, try await isRunning(theirs) {
+                        waitingFor.append("\(name) (pid \(holderPid))")
+                        continue
+                    }
+                    // An earlier attempt, or a job that is no longer RUNNING: a zombie writer.
+                    logger.warning("terminating a fenced-out writer of the target", metadata: ["instance": "\(instance)", "tenant": "\(tenant)", "holder": "\(name)", "pid": "\(holderPid)"])
+                    try await connection.execute("SELECT pg_terminate_backend(\(holderPid), 5000)", logger: logger)
+                } else {
+                    waitingFor.append("\(name.isEmpty ? "a session" : name) (pid \(holderPid))")
+                }
+            }
+            if ContinuousClock.now > deadline {
+                throw JobFailure(.unavailable, "tenant \(tenant) on instance \(instance) is held by \(waitingFor.joined(separator: ", ")); retry when it is free", retryable: true)
+            }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        // Sessions of an earlier attempt that connected while its gate was still ending.
+        try await terminateEarlierAttempts(on: connection)
+        logger.info("holding the target's fence", metadata: ["instance": "\(instance)", "tenant": "\(tenant)", "pid": "\(pid)"])
+        return (connection, pid)
+    }
+
+    /// Terminates every session of an earlier attempt of this lineage in this database, and
+    /// waits (up to 5 s each) until they are gone.
+    private func terminateEarlierAttempts(on connection: PostgresConnection) async throws {
+        let rows = try await connection.execute("""
+            SELECT pid, application_name, pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND application_name LIKE \(SessionTag.prefix + tag.root.uuidString.lowercased() + " %")
+               AND split_part(application_name, ' ', 3) ~ '^[0-9]{1,9}$'
+               AND split_part(application_name, ' ', 3)::int < \(tag.attempt)
+            """, logger: logger)
+        for row in rows {
+            let (pid, name, ended) = try row.decode((Int32, String, Bool).self)
+            logger.warning("terminated a session of an earlier attempt", metadata: ["session": "\(name)", "pid": "\(pid)", "ended": "\(ended)"])
+        }
+    }
+
+    /// The sessions holding `tenant`'s fence lock in this database.
+    private func holders(of tenant: String, on connection: PostgresConnection) async throws -> [(Int32, String)] {
+        try await connection.execute("""
+            SELECT a.pid, COALESCE(a.application_name, '') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE \(unescaped: Self.fenceLock) AND l.objid::text = (hashtext(\(tenant))::bigint & 4294967295)::text
+            """, logger: logger).map { try $0.decode((Int32, String).self) }
+    }
+
+    /// Granted fence locks in the current database; callers add the tenant's key
+    /// (`l.objid`). A two-key advisory lock shows its keys as `classid`/`objid`, unsigned,
+    /// with `objsubid = 2`.
+    static let fenceLock = """
+        l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND l.classid::text = '\(fenceNamespace)'
+        """
+
+    private func isRunning(_ other: SessionTag) async throws -> Bool {
+        let status = try await controlDatabase.withConnection { connection in
+            try await JobLifecycle.status(root: other.root, attempt: other.attempt, on: connection, logger: logger)
+        }
+        return status == .running
+    }
+
+    // MARK: Stopping
+
+    private func register(_ instance: String, _ connection: PostgresConnection) throws -> PostgresConnection {
+        guard !stopped else {
+            Task { try? await connection.close() }
+            throw CancellationError()
+        }
+        sessions[ObjectIdentifier(connection)] = (instance, connection)
+        return connection
+    }
+
+    private func checkNotStopped() throws {
+        if stopped { throw CancellationError() }
+    }
+
+    /// Ends the attempt's work on the instances at once: no new session opens, and every
+    /// session of this attempt is terminated on its server (a statement in flight stops
+    /// there, not only in this process). Best effort per instance, bounded by the connect
+    /// timeout.
+    public func stop() async {
+        guard !stopped else { return }
+        stopped = true
+        await withTaskGroup(of: Void.self) { group in
+            for instance in touched {
+                group.addTask { [directory, applicationName, logger] in
+                    do {
+                        try await directory.withSession(instance, applicationName: "ferry stop", logger: logger) { connection in
+                            try await connection.execute("""
+                                SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                                 WHERE application_name = \(applicationName) AND pid <> pg_backend_pid()
+                                """, logger: logger)
+                        }
+                    } catch {
+                        logger.warning("could not end the job's sessions on an instance", metadata: ["instance": "\(instance)", "error": "\(error)"])
+                    }
+                }
+            }
+        }
+        await closeAll()
+    }
+
+    /// Closes every session (writers first, the gates last) when the attempt ends.
+    public func closeAll() async {
+        stopped = true
+        let all = sessions.values.map(\.connection)
+        sessions = [:]
+        var gateSessions: [PostgresConnection] = []
+        for task in gates.values {
+            if let gate = try? await task.value { gateSessions.append(gate.connection) }
+        }
+        let gateIDs = Set(gateSessions.map { ObjectIdentifier($0) })
+        for connection in all where !gateIDs.contains(ObjectIdentifier(connection)) { try? await connection.close() }
+        for connection in gateSessions { try? await connection.close() }
+        gates = [:]
+    }
+}
