@@ -186,7 +186,7 @@ let package = Package(
         // tests that run real replicas; never shipped.
         .executableTarget(
             name: "ferryd-test",
-            dependencies: ["FerrydCLI", "Executors", "FerryProtocol"],
+            dependencies: ["FerrydCLI", "Executors", "FerryProtocol", "JobStore", .product(name: "PostgresNIO", package: "postgres-nio")],
             path: "Tests/FerrydTestServer"
         ),
         .executableTarget(
