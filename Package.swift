@@ -27,6 +27,17 @@ let package = Package(
         // Shared by every executable: the version and small value types.
         .target(name: "FerryCore"),
 
+        // General-purpose runtime pieces with nothing of Ferry's domain: child processes
+        // (spawn, wait, signals, dropping root) and a doorbell for polling loops.
+        .target(
+            name: "FerryRuntime",
+            dependencies: [
+                "FerryCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+
         // The ferry/1 wire protocol shared by server and client: frames and their codecs, the
         // JSON envelope reader, status codes, method descriptors, and the message types
         // generated from proto/ferry/v1 (scripts/generate-proto).
@@ -81,6 +92,7 @@ let package = Package(
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
@@ -91,23 +103,20 @@ let package = Package(
         .target(
             name: "EmbeddedPostgres",
             dependencies: [
-                "FerryCore",
+                "FerryRuntime",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
 
-        // Jobs in the control database: records, events, the NOTIFY listener, wake-ups.
+        // Jobs in the control database: records, events, the NOTIFY listener.
         .target(
             name: "JobStore",
             dependencies: [
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-                "FerryCore",
                 "ControlDatabase",
                 "FerryProtocol",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
@@ -118,7 +127,12 @@ let package = Package(
             name: "Coordinator",
             dependencies: [
                 "FerryCore",
+                "FerryRuntime",
+                "ControlDatabase",
+                "FerryProtocol",
                 "JobStore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
@@ -127,7 +141,13 @@ let package = Package(
         .target(
             name: "Executors",
             dependencies: [
+                "FerryCore",
+                "FerryRuntime",
+                "ControlDatabase",
+                "FerryProtocol",
                 "JobStore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
@@ -135,7 +155,16 @@ let package = Package(
         // WatchJob's per-replica fan-out of job events.
         .target(
             name: "Watch",
-            dependencies: ["JobStore"]
+            dependencies: [
+                "FerryRuntime",
+                "ControlDatabase",
+                "FerryProtocol",
+                "JobStore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
         ),
 
         // The server process: configuration, start-up, ops endpoint (health, metrics), shutdown.
@@ -159,6 +188,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
@@ -168,6 +198,7 @@ let package = Package(
             name: "FerrydCLI",
             dependencies: [
                 "FerryCore",
+                "FerryRuntime",
                 "FerryServer",
                 "FerryRPC",
                 "FerryProtocol",
@@ -186,7 +217,7 @@ let package = Package(
         // tests that run real replicas; never shipped.
         .executableTarget(
             name: "ferryd-test",
-            dependencies: ["FerrydCLI", "Executors", "FerryProtocol", "JobStore", .product(name: "PostgresNIO", package: "postgres-nio")],
+            dependencies: ["FerrydCLI", "Executors", "FerryProtocol", "JobStore", "Coordinator", "FerryServer", .product(name: "PostgresNIO", package: "postgres-nio")],
             path: "Tests/FerrydTestServer"
         ),
         .executableTarget(
@@ -206,6 +237,7 @@ let package = Package(
             dependencies: [
                 "ControlDatabase",
                 "FerryRPC",
+                "FerryRuntime",
                 "EmbeddedPostgres",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -220,28 +252,32 @@ let package = Package(
         .testTarget(
             name: "FerryRPCTests",
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf"), "FerryRPC", "FerryClient", "FerryProtocol", "FerryTestSupport",
+                           .product(name: "Logging", package: "swift-log"), .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
-                           .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl")]
+                           .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                           .product(name: "NIOTLS", package: "swift-nio")]
         ),
         .testTarget(
             name: "ControlDatabaseTests",
-            dependencies: ["ControlDatabase", "FerryTestSupport"]
+            dependencies: ["ControlDatabase", "FerryTestSupport", .product(name: "Crypto", package: "swift-crypto"),
+                           .product(name: "Logging", package: "swift-log"), .product(name: "PostgresNIO", package: "postgres-nio")]
         ),
         .testTarget(
             name: "EmbeddedPostgresTests",
-            dependencies: ["EmbeddedPostgres", "ControlDatabase", "FerryTestSupport"]
+            dependencies: ["EmbeddedPostgres", "FerryRuntime", "ControlDatabase", "FerryTestSupport", .product(name: "PostgresNIO", package: "postgres-nio")]
         ),
         .testTarget(
             name: "JobEngineTests",
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf"), "JobStore", "Watch", "Coordinator", "Executors", "ControlDatabase", "FerryProtocol", "FerryTestSupport",
-                           .product(name: "PostgresNIO", package: "postgres-nio")]
+                           .product(name: "Logging", package: "swift-log"), .product(name: "PostgresNIO", package: "postgres-nio")]
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf"), "ferryd", "ferry", "ferryd-test", "FerryCore", "FerryServer", "ControlDatabase", "EmbeddedPostgres", "FerryTestSupport",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf"), "ferryd", "ferry", "ferryd-test", "FerryCore", "FerryRuntime", "FerryServer", "ControlDatabase", "EmbeddedPostgres", "FerryTestSupport",
                            "FerryClient", "FerryProtocol", "FerryRPC",
                            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
-                           .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOTLS", package: "swift-nio")]
+                           .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOTLS", package: "swift-nio"),
+                           .product(name: "Logging", package: "swift-log"), .product(name: "PostgresNIO", package: "postgres-nio")]
         ),
     ]
 )

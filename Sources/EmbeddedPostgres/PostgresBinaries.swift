@@ -1,3 +1,4 @@
+import FerryRuntime
 import Foundation
 
 /// Where the system's PostgreSQL server programs are.

@@ -1,5 +1,6 @@
 import ControlDatabase
 import FerryProtocol
+import FerryRuntime
 import Foundation
 import JobStore
 import Logging

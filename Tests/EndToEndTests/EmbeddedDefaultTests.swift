@@ -1,4 +1,5 @@
 import EmbeddedPostgres
+import FerryRuntime
 import FerryTestSupport
 import Foundation
 import Testing

@@ -1,5 +1,6 @@
 import ControlDatabase
 import EmbeddedPostgres
+import FerryRuntime
 import FerryTestSupport
 import Foundation
 import Testing

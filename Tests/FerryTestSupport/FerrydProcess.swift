@@ -1,4 +1,5 @@
 import EmbeddedPostgres
+import FerryRuntime
 import Foundation
 
 /// Runs the built `ferryd` (and `ferry`) binaries as real child processes.

@@ -1,5 +1,6 @@
 import ControlDatabase
 import EmbeddedPostgres
+import FerryRuntime
 import Foundation
 import Synchronization
 
