@@ -252,6 +252,7 @@ public struct Migrator: Sendable {
                         return nil
                     }
                     group.addTask {
+                      try await Self.untilClosed(worker) { [self] in
                         try await checkStillHeld(lease, worker)
                         if let checksum = try await appliedChecksum(of: migration, worker) {
                             try verify(migration, appliedChecksum: checksum)
@@ -267,6 +268,7 @@ public struct Migrator: Sendable {
                         try await recordUnderLease(migration, lease, started: started, worker)
                         logger.info("applied migration", metadata: ["migration": "\(migration.id)", "mode": "lease"])
                         return true
+                      }
                     }
                     // The first child to finish decides: the work's result, or the heartbeat's error.
                     let first = try await group.next()!
@@ -284,6 +286,26 @@ public struct Migrator: Sendable {
             try? await lease.release(on: connection, logger: logger)
             if lost { throw leaseLostError }
             throw Self.failure(of: migration, error: error)
+        }
+    }
+
+    /// Runs `body` (the worker's queries) but returns, with an error, as soon as the worker's
+    /// connection closes. A query sent on a connection that has just closed (its session was
+    /// terminated by a successor while we were paused, say) is never answered by PostgresNIO:
+    /// its write fails with nobody to tell, and the query would wait forever. Such a stuck
+    /// `body` is left behind; it cannot run anything on a closed connection.
+    static func untilClosed<T: Sendable>(_ connection: PostgresConnection, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let outcome = OnceContinuation<T>()
+        let work = Task {
+            do { outcome.resume(with: .success(try await body())) } catch { outcome.resume(with: .failure(error)) }
+        }
+        connection.closeFuture.whenComplete { _ in
+            outcome.resume(with: .failure(MigrationError(code: .failed, message: "the migration worker's connection closed")))
+        }
+        return try await withTaskCancellationHandler {
+            try await outcome.value()
+        } onCancel: {
+            work.cancel()
         }
     }
 
@@ -493,4 +515,30 @@ final class LeaseLossFlag: Sendable {
     private let state = Mutex(false)
     var isSet: Bool { state.withLock { $0 } }
     func set() { state.withLock { $0 = true } }
+}
+
+/// A result delivered at most once, to one waiter, whichever of several sources comes first.
+final class OnceContinuation<T: Sendable>: Sendable {
+    private let state = Mutex<(result: Result<T, any Error>?, waiter: CheckedContinuation<T, any Error>?)>((nil, nil))
+
+    func resume(with result: Result<T, any Error>) {
+        let waiter = state.withLock { state -> CheckedContinuation<T, any Error>? in
+            guard state.result == nil else { return nil }
+            state.result = result
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(with: result)
+    }
+
+    func value() async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let ready = state.withLock { state -> Result<T, any Error>? in
+                if let result = state.result { return result }
+                state.waiter = continuation
+                return nil
+            }
+            if let ready { continuation.resume(with: ready) }
+        }
+    }
 }
