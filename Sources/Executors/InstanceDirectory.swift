@@ -42,7 +42,13 @@ public final class InstanceDirectory: Sendable {
     /// Opens a session on `instance` named `applicationName` (how any replica finds it in
     /// `pg_stat_activity`). Failures are UNAVAILABLE naming the instance, never its password.
     public func connect(_ instance: String, applicationName: String, logger: Logger) async throws -> PostgresConnection {
-        var url = try await url(instance, logger: logger)
+        try await connect(try await url(instance, logger: logger), instance: instance, applicationName: applicationName, logger: logger)
+    }
+
+    /// Opens a session with a URL already looked up (a job stopping while the control database
+    /// is unreachable must still reach its instances).
+    public func connect(_ url: DatabaseURL, instance: String, applicationName: String, logger: Logger) async throws -> PostgresConnection {
+        var url = url
         url.applicationName = applicationName
         do {
             return try await url.connect(logger: logger)
@@ -139,7 +145,9 @@ public actor InstanceSessions {
 
     private var sessions: [ObjectIdentifier: (instance: String, connection: PostgresConnection)] = [:]
     private var gates: [GateKey: Task<(connection: PostgresConnection, pid: Int32), any Error>] = [:]
-    private var touched: Set<String> = []
+    /// The URL of every instance this attempt touched, looked up once: stopping needs them
+    /// even when the control database is what the replica lost.
+    private var touched: [String: DatabaseURL] = [:]
     private var stopped = false
 
     /// "FRRF": the fence's advisory lock namespace on instances, apart from the coordinator's.
@@ -161,9 +169,15 @@ public actor InstanceSessions {
     /// it: the executor closes every session when the attempt ends.
     public func open(_ instance: String) async throws -> PostgresConnection {
         try checkNotStopped()
-        touched.insert(instance)
-        let connection = try await directory.connect(instance, applicationName: applicationName, logger: logger)
+        let connection = try await directory.connect(try await url(instance), instance: instance, applicationName: applicationName, logger: logger)
         return try register(instance, connection)
+    }
+
+    private func url(_ instance: String) async throws -> DatabaseURL {
+        if let known = touched[instance] { return known }
+        let url = try await directory.url(instance, logger: logger)
+        touched[instance] = url
+        return url
     }
 
     /// A session allowed to write `tenant` on `instance`: it opens only while this attempt
@@ -172,7 +186,7 @@ public actor InstanceSessions {
     public func openWriter(_ instance: String, tenant: String) async throws -> PostgresConnection {
         let gate = try await gate(instance, tenant)
         try checkNotStopped()
-        let connection = try await directory.connect(instance, applicationName: applicationName, logger: logger)
+        let connection = try await directory.connect(try await url(instance), instance: instance, applicationName: applicationName, logger: logger)
         _ = try register(instance, connection)
         let holds = try await connection.execute("""
             SELECT EXISTS (
@@ -201,14 +215,14 @@ public actor InstanceSessions {
         try checkNotStopped()
         let key = GateKey(instance: instance, tenant: tenant)
         if let existing = gates[key] { return try await existing.value }
-        touched.insert(instance)
+        _ = try await url(instance)
         let task = Task { try await self.acquireGate(instance, tenant) }
         gates[key] = task
         return try await task.value
     }
 
     private func acquireGate(_ instance: String, _ tenant: String) async throws -> (connection: PostgresConnection, pid: Int32) {
-        let connection = try await directory.connect(instance, applicationName: applicationName, logger: logger)
+        let connection = try await directory.connect(try await url(instance), instance: instance, applicationName: applicationName, logger: logger)
         _ = try register(instance, connection)
         let pid = try await connection.execute("SELECT pg_backend_pid()", logger: logger).first?.decode(Int32.self) ?? 0
         let deadline = ContinuousClock.now + settings.fenceWait
@@ -314,15 +328,16 @@ public actor InstanceSessions {
         guard !stopped else { return }
         stopped = true
         await withTaskGroup(of: Void.self) { group in
-            for instance in touched {
+            for (instance, url) in touched {
                 group.addTask { [directory, applicationName, logger] in
                     do {
-                        try await directory.withSession(instance, applicationName: "ferry stop", logger: logger) { connection in
-                            try await connection.execute("""
-                                SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                                 WHERE application_name = \(applicationName) AND pid <> pg_backend_pid()
-                                """, logger: logger)
-                        }
+                        let connection = try await directory.connect(url, instance: instance, applicationName: "ferry stop", logger: logger)
+                        let ended = try? await connection.execute("""
+                            SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                             WHERE application_name = \(applicationName) AND pid <> pg_backend_pid()
+                            """, logger: logger)
+                        try? await connection.close()
+                        if ended == nil { throw CancellationError() }
                     } catch {
                         logger.warning("could not end the job's sessions on an instance", metadata: ["instance": "\(instance)", "error": "\(error)"])
                     }

@@ -78,6 +78,8 @@ public enum FerryServer {
             try await connection.execute("SELECT 1", logger: logger)
         }
         try await migrate(configuration, url: url, logger: logger)
+        // LISTEN through a transaction pooler never delivers: refuse rather than poll unknowingly.
+        try await configuration.checkListenDelivers(databaseURL: url, logger: logger)
 
         let credentials = try makeCredentials()
         defer {

@@ -91,7 +91,7 @@ struct JobsService: Sendable {
         let requested = Int(request.pageSize)
         guard requested >= 0 else { throw RPCError(.invalidArgument, "pageSize must not be negative") }
         let pageSize = min(requested == 0 ? Self.defaultPageSize : requested, Self.maxPageSize)
-        let after = request.pageToken.isEmpty ? nil : try Self.decodePageToken(request.pageToken)
+        let after = request.pageToken.isEmpty ? nil : try JobPageToken.decode(request.pageToken)
         let instance = request.instance
         if !instance.isEmpty, !JobPlan.isInstanceID(instance) {
             throw RPCError(.invalidArgument, "instance \"\(instance.prefix(80))\" is not an instance id")
@@ -107,7 +107,7 @@ struct JobsService: Sendable {
         var response = ListJobsResponse()
         response.jobs = page.map(\.job)
         if records.count > pageSize, let last = page.last {
-            response.nextPageToken = Self.encodePageToken(last.createdAt, last.id)
+            response.nextPageToken = JobPageToken.encode(last.createdAt, last.id)
         } else {
             response.nextPageToken = ""
         }
@@ -177,26 +177,6 @@ struct JobsService: Sendable {
         guard let text, !text.isEmpty else { return nil }
         guard text.utf8.count <= 200 else { throw RPCError(.invalidArgument, "requestId is longer than 200 bytes") }
         return text
-    }
-
-    /// Page tokens are opaque to clients: base64url of "<created_at µs>:<id>".
-    static func encodePageToken(_ createdAt: Date, _ id: UUID) -> String {
-        let micros = Int64((createdAt.timeIntervalSince1970 * 1_000_000).rounded())
-        return Data("\(micros):\(id.uuidString.lowercased())".utf8).base64EncodedString()
-            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
-    }
-
-    static func decodePageToken(_ token: String) throws -> (micros: Int64, id: UUID) {
-        var base64 = token.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
-        while base64.count % 4 != 0 { base64 += "=" }
-        guard let data = Data(base64Encoded: base64), let text = String(data: data, encoding: .utf8) else {
-            throw RPCError(.invalidArgument, "pageToken is not a token this server issued")
-        }
-        let parts = text.split(separator: ":")
-        guard parts.count == 2, let micros = Int64(parts[0]), let id = UUID(uuidString: String(parts[1])) else {
-            throw RPCError(.invalidArgument, "pageToken is not a token this server issued")
-        }
-        return (micros, id)
     }
 
     func database<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {

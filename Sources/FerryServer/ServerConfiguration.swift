@@ -51,8 +51,11 @@ public struct ServerConfiguration: Sendable {
     public var coordinator = Coordinator.Configuration()
     public var executors = ExecutorPool.Configuration()
     public var leader = Leader.Configuration()
-    /// The job kinds this server runs; a kind without a runner is refused at StartJob.
-    public var runners = JobRunners()
+    /// The job kinds this server runs, as factories built once the server's resources
+    /// exist; a kind without one is refused at StartJob and never claimed here.
+    public var kinds = JobKinds()
+    /// What every job kind may need (fence wait, instance connect timeout).
+    public var jobSettings = JobSettings()
     /// Where LISTEN connects (a session of its own; never through a transaction pooler).
     public var listenDatabase: ListenDatabase = .automatic
 

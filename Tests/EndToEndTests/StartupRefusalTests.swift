@@ -33,7 +33,7 @@ import Testing
         let original = try MigrationSet.builtIn().migrations[0]
         let directory = try migrationsDirectory(
             extra: ["0099_more.sql": "CREATE TABLE more_stuff (x int);"],
-            replacing: [original.id + ".sql": original.sql + "\n-- an edit after the fact\n"])
+            replacing: [original.id + ".sql": original.sql + "\nCREATE TABLE an_edit_after_the_fact (x int);\n"])
         defer { try? FileManager.default.removeItem(atPath: directory) }
         for command in [["migrate"], ["serve", "--ops-address", "127.0.0.1:0"]] {
             let result = try await RunningProcess.run(

@@ -76,15 +76,21 @@ public final class RunningProcess: Sendable {
 }
 
 /// Runs several commands so that they begin at (nearly) the same instant, and returns their
-/// results. Each waits in a shell that polls for a gate file every 5 ms; the gate is created
-/// once all of them are waiting.
+/// results. Each waits in a shell that says it is ready (a file of its own) and then polls
+/// for a gate file every 5 ms; the gate is created once every shell said it is ready.
 public func runTogether(_ commands: [[String]], environment: [String: String] = [:], timeout: Duration = .seconds(120)) async throws -> [ProcessResult] {
     let gate = FileManager.default.temporaryDirectory.path + "/ferry-gate-\(UUID().uuidString)"
     defer { try? FileManager.default.removeItem(atPath: gate) }
-    let waiting = #"while [ ! -e "$0" ]; do sleep 0.005; done; exec "$@""#
-    let processes = try commands.map { try RunningProcess.start(["/bin/sh", "-c", waiting, gate] + $0, environment: environment) }
-    // Give every shell time to reach its polling loop, then open the gate.
-    try await Task.sleep(for: .milliseconds(300))
+    let waiting = #": > "$0.ready.$1"; while [ ! -e "$0" ]; do sleep 0.005; done; shift; exec "$@""#
+    let processes = try commands.enumerated().map { index, command in
+        try RunningProcess.start(["/bin/sh", "-c", waiting, gate, String(index)] + command, environment: environment)
+    }
+    defer { for index in commands.indices { try? FileManager.default.removeItem(atPath: "\(gate).ready.\(index)") } }
+    // Open the gate once every shell is in its polling loop (a busy machine may take a while).
+    let deadline = ContinuousClock.now + .seconds(60)
+    while !commands.indices.allSatisfy({ FileManager.default.fileExists(atPath: "\(gate).ready.\($0)") }), ContinuousClock.now < deadline {
+        try await Task.sleep(for: .milliseconds(5))
+    }
     _ = FileManager.default.createFile(atPath: gate, contents: nil)
     var results: [ProcessResult] = []
     for process in processes { results.append(await process.finish(timeout: timeout)) }

@@ -25,6 +25,10 @@ import PostgresNIO
 /// - a source or target tenant starting with `fail_` fails after the first step
 ///   (FAILED_PRECONDITION, not retryable);
 /// - a target tenant named `<word>_<ms>_<steps>` sets this job's length.
+///
+/// With `FERRY_TEST_RECORD_RUNS=1` each run also records when it really ran, by the target
+/// instance's clock, in the instance's `public.ferry_test_runs` (which the test creates):
+/// a witness of concurrency kept apart from the control database's own bookkeeping.
 struct SteppingJob: JobRunner {
     struct Params: Sendable {
         var source: (instance: String, tenant: String)
@@ -37,6 +41,7 @@ struct SteppingJob: JobRunner {
 
     let steps: Int
     let totalMs: Int
+    let recordRuns: Bool
 
     func params(from wire: JobParams) throws(PlanRefusal) -> Params {
         var params: Params
@@ -78,6 +83,19 @@ struct SteppingJob: JobRunner {
     }
 
     func run(_ params: Params, _ context: JobContext) async throws {
+        guard recordRuns, let target = params.target else { return try await steps(params, context) }
+        let session = try await context.instances.open(target.instance)
+        try await session.execute("""
+            INSERT INTO public.ferry_test_runs (job, attempt, started_at) VALUES (\(context.jobID), \(context.attempt), clock_timestamp())
+            """, logger: context.logger)
+        try await steps(params, context)
+        try await session.execute("""
+            UPDATE public.ferry_test_runs SET finished_at = clock_timestamp() WHERE job = \(context.jobID)
+            """, logger: context.logger)
+        await context.instances.close(session)
+    }
+
+    func steps(_ params: Params, _ context: JobContext) async throws {
         let item = { (step: Int) in String(format: "step-%04d", step) }
         let tenant = params.target?.tenant ?? params.source.tenant
         let finished = Set(try await context.checkpoints.tables().filter { $0.tenant == tenant && $0.status == .verified }.map(\.table))
@@ -125,7 +143,8 @@ let steps = max(1, Int(environment["FERRY_TEST_JOB_STEPS"] ?? "") ?? 5)
 let totalMs = max(0, Int(environment["FERRY_TEST_JOB_MS"] ?? "") ?? 300)
 // FERRY_TEST_KINDS (default "clone,export") chooses the kinds this replica runs.
 let names = Set((environment["FERRY_TEST_KINDS"] ?? "clone,export").split(separator: ",").map(String.init))
+let recordRuns = environment["FERRY_TEST_RECORD_RUNS"] == "1"
 var kinds = JobKinds()
-if names.contains("clone") { kinds.register(.clone) { _ in SteppingJob(steps: steps, totalMs: totalMs) } }
-if names.contains("export") { kinds.register(.export) { _ in SteppingJob(steps: steps, totalMs: totalMs) } }
+if names.contains("clone") { kinds.register(.clone) { _ in SteppingJob(steps: steps, totalMs: totalMs, recordRuns: recordRuns) } }
+if names.contains("export") { kinds.register(.export) { _ in SteppingJob(steps: steps, totalMs: totalMs, recordRuns: recordRuns) } }
 await FerrydMain.main(kinds: kinds, adjust: { installAdmissionHold(&$0) })
