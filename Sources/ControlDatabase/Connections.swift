@@ -49,13 +49,20 @@ extension PostgresConnection {
 extension PostgresConnection {
     /// Runs `body` inside `BEGIN` … `COMMIT`. On any error the transaction is rolled back
     /// (best effort: a broken connection rolls back by itself) and the body's error is thrown.
+    ///
+    /// The server ends the transaction if its client sits idle in it for `idleTimeout`: a
+    /// process frozen (SIGSTOP, a paused VM) between two statements would otherwise hold its
+    /// row and advisory locks, and stall every replica that needs them, for as long as its
+    /// TCP connection lives.
     public func transaction<Result>(
         logger: Logger,
+        idleTimeout: Duration = .seconds(10),
         isolation: isolated (any Actor)? = #isolation,
         _ body: (PostgresConnection) async throws -> sending Result
     ) async throws -> sending Result {
         try await execute("BEGIN", logger: logger)
         do {
+            try await execute("SET LOCAL idle_in_transaction_session_timeout = \(unescaped: String(idleTimeout.components.seconds * 1000 + idleTimeout.components.attoseconds / 1_000_000_000_000_000))", logger: logger)
             let result = try await body(self)
             try await execute("COMMIT", logger: logger)
             return result

@@ -16,7 +16,8 @@ import ServiceLifecycle
 /// was requested and whose owner has not heartbeated since, for `cancelGrace`, becomes
 /// CANCELLED as its caller asked (a live owner hears a cancel at its next heartbeat). The
 /// lease and the rescue run on a connection of the leader's own, so no load on the shared
-/// pool delays them. A rescued job is not retried
+/// pool delays them. The server then ends the rescued attempts' sessions on the instances
+/// (`onRescued`), so a dead or frozen owner's statement does not run on after its job ended. A rescued job is not retried
 /// automatically: a job that kills its replica (out of memory, a crash in a driver) would
 /// otherwise take one replica after another down, and the caller that started it should
 /// decide. RerunJob resumes it from its saved resume state.
@@ -36,10 +37,10 @@ public final class Leader: Service, Sendable {
     private let url: DatabaseURL
     private let configuration: Configuration
     private let logger: Logger
-    private let onRescued: @Sendable () async -> Void
+    private let onRescued: @Sendable ([JobLifecycle.Stale]) async -> Void
 
     /// - Parameter url: the control database, for the leader's own connection.
-    public init(replica: String, url: DatabaseURL, configuration: Configuration, logger: Logger, onRescued: @escaping @Sendable () async -> Void) {
+    public init(replica: String, url: DatabaseURL, configuration: Configuration, logger: Logger, onRescued: @escaping @Sendable ([JobLifecycle.Stale]) async -> Void) {
         self.lease = LeaseLock(table: "leases", name: "leader", owner: replica, duration: configuration.leaseDuration)
         var url = url
         url.applicationName = "ferryd leader"
@@ -65,7 +66,8 @@ public final class Leader: Service, Sendable {
                     if attempt == .acquired {
                         if !leading { logger.notice("this replica is the leader") }
                         leading = true
-                        if try await rescue(on: open) > 0 { await onRescued() }
+                        let rescued = try await rescue(on: open)
+                        if !rescued.isEmpty { await onRescued(rescued) }
                     } else {
                         if leading { logger.notice("this replica is no longer the leader") }
                         leading = false
@@ -87,14 +89,14 @@ public final class Leader: Service, Sendable {
         try? await connection?.close()
     }
 
-    /// Ends the RUNNING jobs whose heartbeat stopped; returns how many.
-    func rescue(on connection: PostgresConnection) async throws -> Int {
+    /// Ends the RUNNING jobs whose heartbeat stopped; returns them.
+    func rescue(on connection: PostgresConnection) async throws -> [JobLifecycle.Stale] {
         let timeout = configuration.heartbeatTimeout
         let grace = configuration.cancelGrace
-        var rescued = 0
+        var rescued: [JobLifecycle.Stale] = []
         for job in try await JobLifecycle.stale(timeout: timeout, cancelGrace: grace, on: connection, logger: logger) {
             guard try await JobLifecycle.rescue(job, timeout: timeout, cancelGrace: grace, on: connection, logger: logger) else { continue }
-            rescued += 1
+            rescued.append(job)
             logger.warning(job.cancelRequested ? "cancelled a job whose replica stopped heartbeating" : "rescued a job whose replica stopped heartbeating",
                            metadata: ["job_id": "\(job.id.uuidString.lowercased())", "owner": "\(job.owner)"])
         }

@@ -33,6 +33,10 @@ public final class ExecutorPool: Service, Sendable {
         /// fence at the target instance is what guarantees a single writer; this stops a cut
         /// off job early and keeps it from recording anything.)
         public var fenceAfter: Duration = .seconds(11)
+        /// How long a stopped job's code may take to return before its end is recorded
+        /// anyway and its slot freed (a statement stuck on a dead connection must not hold
+        /// an executor, the tenant and shutdown forever).
+        public var stopGrace: Duration = .seconds(10)
         public init() {}
     }
 
@@ -187,7 +191,7 @@ public final class ExecutorPool: Service, Sendable {
             let resources = kinds.resources
             let lost: @Sendable () -> Void = { job.stop(.lostOwnership) }
             let sessions = InstanceSessions(
-                tag: SessionTag(root: record.rootJobID, attempt: record.attempt), directory: resources.instances,
+                tag: SessionTag(root: record.rootJobID, attempt: record.attempt), jobID: id, owner: replica, directory: resources.instances,
                 controlDatabase: client, settings: resources.settings, logger: jobLogger, onLost: lost)
             job.sessions.withLock { $0 = sessions }
             let counters = ProgressCounters { job.reported.signal() }
@@ -207,7 +211,7 @@ public final class ExecutorPool: Service, Sendable {
                 Task { await sessions.stop() }
             }
             let flusher = Task { await self.flushProgress(job, logger: jobLogger) }
-            let result = await task.result
+            let result = await Self.result(of: task, stopped: job, grace: configuration.stopGrace, logger: jobLogger)
             job.runnerDone.withLock { $0 = true }
             job.reported.signal()
             job.finished.signal()
@@ -221,10 +225,12 @@ public final class ExecutorPool: Service, Sendable {
         }
 
         if job.reason == .lostOwnership {
-            jobLogger.warning("job stopped: it is no longer ours (its heartbeat was too late and the leader failed it, or a later attempt took its target)")
-        } else {
-            await recordOutcome(outcome, for: id, logger: jobLogger)
+            jobLogger.warning("job stopped: its ownership could not be confirmed (the leader may have failed it, or a later attempt took its target)")
         }
+        // Recorded even after a lost ownership: the update is guarded by owner and status, so
+        // it does nothing if the job really is someone else's, and a false alarm (a slow
+        // heartbeat) still records how the job ended instead of leaving it to the leader.
+        await recordOutcome(outcome, for: id, logger: jobLogger)
         // The slot is free: look for the next admitted job now, not at the next poll.
         wakeup.signal()
         await onFinished()
@@ -243,6 +249,39 @@ public final class ExecutorPool: Service, Sendable {
         return nil
     }
 
+    /// The run's result; once the job is stopped, waits at most `grace` more for its code.
+    static func result(of task: Task<Void, any Error>, stopped job: RunningJob, grace: Duration, logger: Logger) async -> Result<Void, any Error> {
+        enum Ending: Sendable {
+            case ran(Result<Void, any Error>)
+            case graceOver
+            case unneeded
+        }
+        return await withTaskGroup(of: Ending.self) { group in
+            group.addTask { .ran(await task.result) }
+            group.addTask {
+                while job.reason == nil {
+                    try? await Task.sleep(for: .milliseconds(100))
+                    if Task.isCancelled { return .unneeded }
+                }
+                try? await Task.sleep(for: grace)
+                return Task.isCancelled ? .unneeded : .graceOver
+            }
+            defer { group.cancelAll() }
+            while let ending = await group.next() {
+                switch ending {
+                case .ran(let result):
+                    return result
+                case .graceOver:
+                    logger.error("the job's code did not return within \(grace) of being stopped; recording its end and freeing its executor")
+                    return .failure(CancellationError())
+                case .unneeded:
+                    continue
+                }
+            }
+            return .failure(CancellationError())
+        }
+    }
+
     static func outcome(_ result: Result<Void, any Error>, reason: StopReason?) -> (status: JobStatus, error: JobError?) {
         switch (result, reason) {
         case (.success, _):
@@ -251,6 +290,8 @@ public final class ExecutorPool: Service, Sendable {
             return (.failed, failure.jobError)
         case (.failure, .cancelled?):
             return (.cancelled, nil)
+        case (.failure, .lostOwnership?):
+            return (.failed, JobError(code: StatusCode.unavailable.rawValue, message: "the job's ownership could not be confirmed, so its replica stopped it; rerun to resume", retryable: true))
         case (.failure, .shuttingDown?):
             return (.failed, JobError(code: StatusCode.unavailable.rawValue, message: "the replica running the job shut down; rerun to resume", retryable: true))
         case (.failure(let error), _):
@@ -320,7 +361,9 @@ public final class ExecutorPool: Service, Sendable {
         var connection: PostgresConnection?
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.heartbeatInterval)
-            let jobs = running.withLock { $0 }
+            // A stopped job is not renewed: if its code does not return, the leader ends it
+            // (CANCELLED when a cancel was asked) instead of a heartbeat keeping it alive.
+            let jobs = running.withLock { $0.filter { $0.value.reason == nil } }
             guard !jobs.isEmpty else { continue }
             // Ownership is confirmed as of when the statement was sent: the leader compares
             // the time the database stamps, which is no earlier than this.

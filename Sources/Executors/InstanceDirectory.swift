@@ -72,6 +72,27 @@ public final class InstanceDirectory: Sendable {
         }
     }
 
+    /// Terminates every session of the attempt `tag` on the instances `job` touches (a job
+    /// ended without its owner, by the leader). Best effort, logged.
+    public func endSessions(of tag: SessionTag, job: UUID, logger: Logger) async {
+        do {
+            let instances = try await controlDatabase.withConnection { connection in
+                try await connection.execute("SELECT DISTINCT instance_id FROM job_instances WHERE job_id = \(job)", logger: logger)
+                    .map { try $0.decode(String.self) }
+            }
+            for instance in instances {
+                let ended = try await withSession(instance, applicationName: "ferry stop", logger: logger) { connection in
+                    try await connection.execute("""
+                        SELECT count(pg_terminate_backend(pid))::int FROM pg_stat_activity WHERE application_name = \(tag.applicationName)
+                        """, logger: logger).first?.decode(Int.self) ?? 0
+                }
+                if ended > 0 { logger.warning("ended sessions of a job its owner could not end", metadata: ["job_id": "\(job.uuidString.lowercased())", "instance": "\(instance)", "sessions": "\(ended)"]) }
+            }
+        } catch {
+            logger.warning("could not end a rescued job's sessions", metadata: ["job_id": "\(job.uuidString.lowercased())", "error": "\(error)"])
+        }
+    }
+
     /// Whether `tenant` (a schema) exists on `instance`.
     public func tenantExists(_ instance: String, _ tenant: String, logger: Logger) async throws -> Bool {
         try await withSession(instance, logger: logger) { connection in
@@ -135,6 +156,10 @@ public actor InstanceSessions {
     private let controlDatabase: PostgresClient
     private let settings: JobSettings
     private let logger: Logger
+    /// The job this attempt is, and the replica running it: checked in the control database
+    /// once the fence is taken.
+    private let jobID: UUID
+    private let owner: String
     /// Called when the fence shows this attempt lost its target (a later attempt took it).
     private let onLost: @Sendable () -> Void
 
@@ -149,13 +174,17 @@ public actor InstanceSessions {
     /// even when the control database is what the replica lost.
     private var touched: [String: DatabaseURL] = [:]
     private var stopped = false
+    /// The gate sessions among `sessions`, closed last.
+    private var gateHolders: Set<ObjectIdentifier> = []
 
     /// "FRRF": the fence's advisory lock namespace on instances, apart from the coordinator's.
     static let fenceNamespace: Int32 = 0x4652_5246
 
-    public init(tag: SessionTag, directory: InstanceDirectory, controlDatabase: PostgresClient, settings: JobSettings, logger: Logger,
-                onLost: @escaping @Sendable () -> Void) {
+    public init(tag: SessionTag, jobID: UUID, owner: String, directory: InstanceDirectory, controlDatabase: PostgresClient,
+                settings: JobSettings, logger: Logger, onLost: @escaping @Sendable () -> Void) {
         self.tag = tag
+        self.jobID = jobID
+        self.owner = owner
         self.directory = directory
         self.controlDatabase = controlDatabase
         self.settings = settings
@@ -165,12 +194,15 @@ public actor InstanceSessions {
 
     public nonisolated var applicationName: String { tag.applicationName }
 
-    /// A session on `instance` for reading (a source). Close it with ``close(_:)``, or leave
-    /// it: the executor closes every session when the attempt ends.
-    public func open(_ instance: String) async throws -> PostgresConnection {
+    /// A session on `instance` that is not fenced: read-only unless `readOnly` is false (for
+    /// writes outside any tenant, which no fence covers). Close it with ``close(_:)``, or
+    /// leave it: the executor closes every session when the attempt ends.
+    public func open(_ instance: String, readOnly: Bool = true) async throws -> PostgresConnection {
         try checkNotStopped()
         let connection = try await directory.connect(try await url(instance), instance: instance, applicationName: applicationName, logger: logger)
-        return try register(instance, connection)
+        _ = try register(instance, connection)
+        if readOnly { try await connection.execute("SET default_transaction_read_only = on", logger: logger) }
+        return connection
     }
 
     private func url(_ instance: String) async throws -> DatabaseURL {
@@ -215,7 +247,7 @@ public actor InstanceSessions {
         try checkNotStopped()
         let key = GateKey(instance: instance, tenant: tenant)
         if let existing = gates[key] { return try await existing.value }
-        _ = try await url(instance)
+        // Stored before any await, so concurrent writers of one tenant share one gate.
         let task = Task { try await self.acquireGate(instance, tenant) }
         gates[key] = task
         return try await task.value
@@ -224,6 +256,7 @@ public actor InstanceSessions {
     private func acquireGate(_ instance: String, _ tenant: String) async throws -> (connection: PostgresConnection, pid: Int32) {
         let connection = try await directory.connect(try await url(instance), instance: instance, applicationName: applicationName, logger: logger)
         _ = try register(instance, connection)
+        gateHolders.insert(ObjectIdentifier(connection))
         let pid = try await connection.execute("SELECT pg_backend_pid()", logger: logger).first?.decode(Int32.self) ?? 0
         let deadline = ContinuousClock.now + settings.fenceWait
         while true {
@@ -237,6 +270,11 @@ public actor InstanceSessions {
             var waitingFor: [String] = []
             for (holderPid, name) in holder {
                 if let theirs = SessionTag(applicationName: name) {
+                    if theirs == tag {
+                        // This attempt's own gate for another tenant whose key collides.
+                        waitingFor.append("this attempt's fence of another tenant (pid \(holderPid))")
+                        continue
+                    }
                     if theirs.root == tag.root && theirs.attempt > tag.attempt {
                         // A later attempt of this lineage writes the target: this one is over.
                         logger.error("a later attempt holds the target's fence: stopping", metadata: ["instance": "\(instance)", "tenant": "\(tenant)", "holder": "\(name)"])
@@ -248,8 +286,13 @@ public actor InstanceSessions {
                         continue
                     }
                     // An earlier attempt, or a job that is no longer RUNNING: a zombie writer.
+                    // Every session of that attempt goes, not only its gate: its writers may be
+                    // inside a statement the server has not noticed is orphaned.
                     logger.warning("terminating a fenced-out writer of the target", metadata: ["instance": "\(instance)", "tenant": "\(tenant)", "holder": "\(name)", "pid": "\(holderPid)"])
-                    try await connection.execute("SELECT pg_terminate_backend(\(holderPid), 5000)", logger: logger)
+                    try await connection.execute("""
+                        SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+                         WHERE datname = current_database() AND application_name = \(name) AND pid <> pg_backend_pid()
+                        """, logger: logger)
                 } else {
                     waitingFor.append("\(name.isEmpty ? "a session" : name) (pid \(holderPid))")
                 }
@@ -261,23 +304,52 @@ public actor InstanceSessions {
         }
         // Sessions of an earlier attempt that connected while its gate was still ending.
         try await terminateEarlierAttempts(on: connection)
+        // Holding the lock, make sure this attempt is still the lineage's current one: an
+        // attempt that was frozen before it took its fence may wake after the next attempt
+        // released it (finished) or before that one took it. Whoever comes later must now
+        // take the lock from us, terminating this session first.
+        let current: Bool
+        do {
+            current = try await controlDatabase.withConnection { control in
+                try await JobLifecycle.isCurrentAttempt(job: jobID, owner: owner, root: tag.root, attempt: tag.attempt, on: control, logger: logger)
+            }
+        } catch {
+            try? await connection.close()
+            throw JobFailure(.unavailable, "cannot confirm the job in the control database after taking the target's fence; rerun to resume", retryable: true)
+        }
+        guard current else {
+            try? await connection.close()
+            logger.error("took the target's fence but the job is no longer this attempt's: stopping", metadata: ["instance": "\(instance)", "tenant": "\(tenant)"])
+            onLost()
+            throw CancellationError()
+        }
         logger.info("holding the target's fence", metadata: ["instance": "\(instance)", "tenant": "\(tenant)", "pid": "\(pid)"])
         return (connection, pid)
     }
 
     /// Terminates every session of an earlier attempt of this lineage in this database, and
-    /// waits (up to 5 s each) until they are gone.
+    /// waits until they are gone (`pg_terminate_backend` may time out with the backend still
+    /// alive: looked for again until none is left, within the fence wait).
     private func terminateEarlierAttempts(on connection: PostgresConnection) async throws {
-        let rows = try await connection.execute("""
-            SELECT pid, application_name, pg_terminate_backend(pid, 5000) FROM pg_stat_activity
-             WHERE datname = current_database() AND pid <> pg_backend_pid()
-               AND application_name LIKE \(SessionTag.prefix + tag.root.uuidString.lowercased() + " %")
-               AND split_part(application_name, ' ', 3) ~ '^[0-9]{1,9}$'
-               AND split_part(application_name, ' ', 3)::int < \(tag.attempt)
-            """, logger: logger)
-        for row in rows {
-            let (pid, name, ended) = try row.decode((Int32, String, Bool).self)
-            logger.warning("terminated a session of an earlier attempt", metadata: ["session": "\(name)", "pid": "\(pid)", "ended": "\(ended)"])
+        let deadline = ContinuousClock.now + settings.fenceWait
+        while true {
+            let rows = try await connection.execute("""
+                SELECT pid, application_name, pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND application_name LIKE \(SessionTag.prefix + tag.root.uuidString.lowercased() + " %")
+                   AND split_part(application_name, ' ', 3) ~ '^[0-9]{1,9}$'
+                   AND split_part(application_name, ' ', 3)::int < \(tag.attempt)
+                """, logger: logger)
+            var lingering = false
+            for row in rows {
+                let (pid, name, ended) = try row.decode((Int32, String, Bool).self)
+                logger.warning("terminated a session of an earlier attempt", metadata: ["session": "\(name)", "pid": "\(pid)", "ended": "\(ended)"])
+                if !ended { lingering = true }
+            }
+            guard lingering else { return }
+            if ContinuousClock.now > deadline {
+                throw JobFailure(.unavailable, "sessions of an earlier attempt would not end on the target; retry", retryable: true)
+            }
         }
     }
 
@@ -350,15 +422,15 @@ public actor InstanceSessions {
     /// Closes every session (writers first, the gates last) when the attempt ends.
     public func closeAll() async {
         stopped = true
-        let all = sessions.values.map(\.connection)
+        // Every session is registered as it opens, gates included: close writers first and
+        // the gates last, without waiting on a gate still being taken (its task ends when
+        // its session closes, or at its next `stopped` check).
+        for task in gates.values { task.cancel() }
+        let all = sessions
         sessions = [:]
-        var gateSessions: [PostgresConnection] = []
-        for task in gates.values {
-            if let gate = try? await task.value { gateSessions.append(gate.connection) }
-        }
-        let gateIDs = Set(gateSessions.map { ObjectIdentifier($0) })
-        for connection in all where !gateIDs.contains(ObjectIdentifier(connection)) { try? await connection.close() }
-        for connection in gateSessions { try? await connection.close() }
+        for (id, entry) in all where !gateHolders.contains(id) { try? await entry.connection.close() }
+        for (id, entry) in all where gateHolders.contains(id) { try? await entry.connection.close() }
         gates = [:]
+        gateHolders = []
     }
 }

@@ -92,17 +92,23 @@ public struct Checkpoints: Sendable {
         try await guarded { try await JobLifecycle.saveTenantResult(result, job: jobID, owner: owner, on: $0, logger: logger) }
     }
 
-    /// Claims `tenant` on `instance` for this lineage before creating it. Fails the job
-    /// (ALREADY_EXISTS, not retryable) when another lineage claimed it first.
-    public func claimTenant(instance: String, tenant: String) async throws {
-        let holder = try await client.withConnection {
+    /// Claims `tenant` on `instance` for this lineage before creating it, and says whether
+    /// the claim is new (then the kind must create the tenant and refuse one that exists:
+    /// it appeared after the plan step and is not Ferry's) or the lineage's own from an
+    /// earlier attempt (resume into it). Fails the job (ALREADY_EXISTS, not retryable) when
+    /// another lineage claimed it first.
+    @discardableResult
+    public func claimTenant(instance: String, tenant: String) async throws -> JobLifecycle.ClaimOutcome {
+        let outcome = try await client.withConnection {
             try await JobLifecycle.claimTenant(instance: instance, tenant: tenant, job: jobID, owner: owner, on: $0, logger: logger)
         }
-        guard let holder else {
+        switch outcome {
+        case .new, .ours:
+            return outcome
+        case .lost:
             onLost()
             throw CancellationError()
-        }
-        guard holder == rootJobID else {
+        case .taken(let holder):
             throw JobFailure(.alreadyExists, "tenant \(tenant) on instance \(instance) was claimed by job lineage \(holder.uuidString.lowercased())", retryable: false)
         }
     }

@@ -41,7 +41,14 @@ struct JobEngine: Sendable {
         executors = ExecutorPool(
             replica: replica, client: client, heartbeatURL: url, kinds: kinds, configuration: configuration.executors, logger: logger,
             onFinished: { queue.wake() })
-        leader = Leader(replica: replica, url: url, configuration: configuration.leader, logger: logger, onRescued: { queue.wake() })
+        let directory = resources.instances
+        let leaderLogger = logger
+        leader = Leader(replica: replica, url: url, configuration: configuration.leader, logger: logger, onRescued: { rescued in
+            queue.wake()
+            for job in rescued {
+                await directory.endSessions(of: SessionTag(root: job.rootJobID, attempt: job.attempt), job: job.id, logger: leaderLogger)
+            }
+        })
         watchHub = WatchHub(client: client, notifier: notifier, logger: logger)
         jobs = JobsService(client: client, coordinator: coordinator, kinds: kinds, executors: executors, watchHub: watchHub, logger: logger)
         instances = InstancesService(client: client, logger: logger)

@@ -76,6 +76,12 @@ struct JobsService: Sendable {
             return try await runner.plan(params, context)
         } catch let refusal as PlanRefusal {
             throw refusal.rpcError
+        } catch let error as RPCError {
+            throw error
+        } catch {
+            // A database error while planning: nothing was admitted; the caller may retry.
+            logger.warning("plan step failed", metadata: ["error": "\(String(reflecting: error))"])
+            throw RPCError(.unavailable, "the plan step could not reach a database; retry")
         }
     }
 
@@ -139,7 +145,18 @@ struct JobsService: Sendable {
         let id = try parseJobID(request.jobID)
         let after = request.afterSeq
         guard after >= 0 else { throw RPCError(.invalidArgument, "afterSeq must not be negative") }
-        guard let record = try await database({ try await JobStore.fetch(id, on: $0, logger: logger) }) else {
+        // One read shared by the calls watching this job at the same moment, rather than one
+        // pool waiter per watcher when a thousand subscribe at once.
+        let found: JobRecord?
+        do {
+            found = try await watchHub.job(id)
+        } catch let error as RPCError {
+            throw error
+        } catch {
+            logger.warning("control database call failed", metadata: ["error": "\(String(reflecting: error))"])
+            throw RPCError(.unavailable, "the control database is unavailable; retry")
+        }
+        guard let record = found else {
             throw RPCError(.notFound, "job \(id.uuidString.lowercased()) not found")
         }
         // The SNAPSHOT is not part of the job's history: it carries afterSeq, the position
@@ -155,10 +172,9 @@ struct JobsService: Sendable {
         if record.isTerminal && after >= record.lastSeq { return }
         do {
             // A replica shutting down ends its watches (the client resumes elsewhere with
-            // afterSeq) rather than holding the drain open until the jobs end.
-            try await cancelWhenGracefulShutdown {
-                try await watchHub.watch(id, after: after) { event in try await writer.write(encoded: event.encoded) }
-            }
+            // afterSeq) rather than holding the drain open until the jobs end: the hub does it,
+            // without a task group (two more tasks) per watch.
+            try await watchHub.watch(id, after: after) { event in try await writer.write(encoded: event.encoded) }
         } catch is CancellationError where Task.isShuttingDownGracefully {
             throw RPCError(.unavailable, "ferryd is shutting down; watch again with afterSeq (another replica serves it)")
         }

@@ -57,6 +57,8 @@ public enum JobLifecycle {
     /// A RUNNING job whose owner stopped heartbeating.
     public struct Stale: Sendable {
         public var id: UUID
+        public var rootJobID: UUID
+        public var attempt: Int32
         public var owner: String
         /// A cancel was requested and the owner has not heartbeated since: the job ends
         /// CANCELLED, as its caller asked, not FAILED.
@@ -68,12 +70,12 @@ public enum JobLifecycle {
     /// cancel at its next heartbeat, so it is dead or cut off).
     public static func stale(timeout: Duration, cancelGrace: Duration, on connection: PostgresConnection, logger: Logger) async throws -> [Stale] {
         try await connection.execute("""
-            SELECT id, owner, cancel_requested_at IS NOT NULL FROM jobs
+            SELECT id, root_job_id, attempt, owner, cancel_requested_at IS NOT NULL FROM jobs
              WHERE status = 'RUNNING' AND owner IS NOT NULL
                AND (\(unescaped: staleCondition(timeout: timeout, cancelGrace: cancelGrace)))
             """, logger: logger).map { row in
-            let (id, owner, cancelRequested) = try row.decode((UUID, String, Bool).self)
-            return Stale(id: id, owner: owner, cancelRequested: cancelRequested)
+            let (id, root, attempt, owner, cancelRequested) = try row.decode((UUID, UUID, Int32, String, Bool).self)
+            return Stale(id: id, rootJobID: root, attempt: attempt, owner: owner, cancelRequested: cancelRequested)
         }
     }
 
@@ -158,39 +160,27 @@ public enum JobLifecycle {
 
     // MARK: Checkpoints
 
-    /// Runs `write` in a transaction that first locks the job row (`FOR SHARE`, so workers of
-    /// one job do not wait on each other) while it is RUNNING and owned by `owner`; a rescue
-    /// or cancel then waits for the write, or the write sees it and does nothing. Returns
-    /// false when the job is not `owner`'s (nothing written).
-    private static func whileOwned(
-        _ job: UUID, _ owner: String, on connection: PostgresConnection, logger: Logger,
-        _ write: (PostgresConnection) async throws -> Void
-    ) async throws -> Bool {
-        try await connection.transaction(logger: logger) { connection -> Bool in
-            let rows = try await connection.execute("""
-                SELECT 1 FROM jobs WHERE id = \(job) AND owner = \(owner) AND status = 'RUNNING' FOR SHARE
-                """, logger: logger)
-            guard !rows.isEmpty else { return false }
-            try await write(connection)
-            return true
-        }
-    }
+    // Each checkpoint write is one statement whose first CTE locks the job row (`FOR SHARE`,
+    // so workers of one job do not wait on each other) while it is RUNNING and owned by the
+    // writer: a rescue or cancel is ordered before the write (which then writes nothing) or
+    // after it. One statement, not a transaction of several: a writer frozen between two
+    // statements of a transaction would hold the row lock and stall every rescue and cancel.
 
     /// Upserts one table's checkpoint of the job's lineage; false when the job is no longer
     /// `owner`'s (nothing written).
     public static func saveTable(
         _ checkpoint: TableCheckpoint, job: UUID, owner: String, on connection: PostgresConnection, logger: Logger
     ) async throws -> Bool {
-        try await whileOwned(job, owner, on: connection, logger: logger) { connection in
-            try await connection.execute("""
-                INSERT INTO job_tables (root_job_id, tenant, table_name, status, row_count, checksum, job_id, updated_at)
-                SELECT root_job_id, \(checkpoint.tenant), \(checkpoint.table), \(checkpoint.status.rawValue), \(checkpoint.rowCount),
-                       \(checkpoint.checksum), id, clock_timestamp() FROM jobs WHERE id = \(job)
-                ON CONFLICT (root_job_id, tenant, table_name) DO UPDATE
-                   SET status = EXCLUDED.status, row_count = EXCLUDED.row_count, checksum = EXCLUDED.checksum,
-                       job_id = EXCLUDED.job_id, updated_at = EXCLUDED.updated_at
-                """, logger: logger)
-        }
+        !(try await connection.execute("""
+            WITH owned AS (SELECT id, root_job_id FROM jobs WHERE id = \(job) AND owner = \(owner) AND status = 'RUNNING' FOR SHARE)
+            INSERT INTO job_tables (root_job_id, tenant, table_name, status, row_count, checksum, job_id, updated_at)
+            SELECT root_job_id, \(checkpoint.tenant), \(checkpoint.table), \(checkpoint.status.rawValue), \(checkpoint.rowCount),
+                   \(checkpoint.checksum), id, clock_timestamp() FROM owned
+            ON CONFLICT (root_job_id, tenant, table_name) DO UPDATE
+               SET status = EXCLUDED.status, row_count = EXCLUDED.row_count, checksum = EXCLUDED.checksum,
+                   job_id = EXCLUDED.job_id, updated_at = EXCLUDED.updated_at
+            RETURNING 1
+            """, logger: logger)).isEmpty
     }
 
     /// Every table checkpoint of the lineage rooted at `root`.
@@ -211,16 +201,15 @@ public enum JobLifecycle {
     public static func saveTenantResult(
         _ result: TenantResult, job: UUID, owner: String, on connection: PostgresConnection, logger: Logger
     ) async throws -> Bool {
-        try await whileOwned(job, owner, on: connection, logger: logger) { connection in
-            try await connection.execute("""
-                INSERT INTO instance_replace_results (root_job_id, tenant, status, job_id, error_message, started_at, finished_at)
-                SELECT root_job_id, \(result.tenant), \(result.status.rawValue), id, \(result.error), \(result.startedAt), \(result.finishedAt)
-                  FROM jobs WHERE id = \(job)
-                ON CONFLICT (root_job_id, tenant) DO UPDATE
-                   SET status = EXCLUDED.status, job_id = EXCLUDED.job_id, error_message = EXCLUDED.error_message,
-                       started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at
-                """, logger: logger)
-        }
+        !(try await connection.execute("""
+            WITH owned AS (SELECT id, root_job_id FROM jobs WHERE id = \(job) AND owner = \(owner) AND status = 'RUNNING' FOR SHARE)
+            INSERT INTO instance_replace_results (root_job_id, tenant, status, job_id, error_message, started_at, finished_at)
+            SELECT root_job_id, \(result.tenant), \(result.status.rawValue), id, \(result.error), \(result.startedAt), \(result.finishedAt) FROM owned
+            ON CONFLICT (root_job_id, tenant) DO UPDATE
+               SET status = EXCLUDED.status, job_id = EXCLUDED.job_id, error_message = EXCLUDED.error_message,
+                   started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at
+            RETURNING 1
+            """, logger: logger)).isEmpty
     }
 
     /// Every tenant outcome of the instance_replace lineage rooted at `root`.
@@ -263,24 +252,52 @@ public enum JobLifecycle {
         return try rows.first.map { .lineage(try $0.decode(UUID.self)) } ?? Claim.none
     }
 
-    /// Records that the job's lineage creates `tenant` on `instance`, before it creates it.
-    /// Returns the lineage that holds the claim afterwards (another one's when it was first),
-    /// or nil when the job is no longer `owner`'s.
+    /// What claiming a tenant found.
+    public enum ClaimOutcome: Sendable, Equatable {
+        /// This call recorded the claim: the lineage is about to create the tenant, which must
+        /// not exist yet (a tenant that appeared meanwhile is not Ferry's).
+        case new
+        /// The lineage claimed it before (a rerun resumes into its own partial target).
+        case ours
+        /// Another lineage holds it.
+        case taken(by: UUID)
+        /// The job is no longer the writer's.
+        case lost
+    }
+
+    /// Records that the job's lineage creates `tenant` on `instance`, before it creates it,
+    /// in one statement guarded by ownership like the checkpoints.
     public static func claimTenant(
         instance: String, tenant: String, job: UUID, owner: String, on connection: PostgresConnection, logger: Logger
-    ) async throws -> UUID? {
-        var holder: UUID?
-        let owned = try await whileOwned(job, owner, on: connection, logger: logger) { connection in
-            try await connection.execute("""
-                INSERT INTO tenant_claims (instance_id, tenant, root_job_id, created_at)
-                SELECT \(instance), \(tenant), root_job_id, clock_timestamp() FROM jobs WHERE id = \(job)
-                ON CONFLICT (instance_id, tenant) DO NOTHING
-                """, logger: logger)
-            holder = try await connection.execute("""
-                SELECT root_job_id FROM tenant_claims WHERE instance_id = \(instance) AND tenant = \(tenant)
-                """, logger: logger).first?.decode(UUID.self)
+    ) async throws -> ClaimOutcome {
+        for _ in 0..<3 {
+            let row = try await connection.execute("""
+                WITH owned AS (SELECT root_job_id FROM jobs WHERE id = \(job) AND owner = \(owner) AND status = 'RUNNING' FOR SHARE),
+                inserted AS (
+                    INSERT INTO tenant_claims (instance_id, tenant, root_job_id, created_at)
+                    SELECT \(instance), \(tenant), root_job_id, clock_timestamp() FROM owned
+                    ON CONFLICT (instance_id, tenant) DO NOTHING
+                    RETURNING root_job_id
+                )
+                SELECT (SELECT root_job_id FROM owned), (SELECT root_job_id FROM inserted),
+                       (SELECT root_job_id FROM tenant_claims WHERE instance_id = \(instance) AND tenant = \(tenant))
+                """, logger: logger).first
+            guard let (root, inserted, existing) = try row?.decode((UUID?, UUID?, UUID?).self) else { return .lost }
+            guard let root else { return .lost }
+            if inserted != nil { return .new }
+            if let existing { return existing == root ? .ours : .taken(by: existing) }
+            // A claim committed after this statement's snapshot stopped the insert but is not
+            // visible to it yet: look again.
         }
-        return owned ? holder : nil
+        throw RPCError(.unavailable, "the claim of tenant \(tenant) on instance \(instance) could not be read; retry")
+    }
+
+    /// Whether `job` is RUNNING, owned by `owner`, and the latest attempt of its lineage.
+    public static func isCurrentAttempt(job: UUID, owner: String, root: UUID, attempt: Int32, on connection: PostgresConnection, logger: Logger) async throws -> Bool {
+        try await connection.execute("""
+            SELECT EXISTS (SELECT 1 FROM jobs WHERE id = \(job) AND owner = \(owner) AND status = 'RUNNING')
+               AND NOT EXISTS (SELECT 1 FROM jobs WHERE root_job_id = \(root) AND attempt > \(attempt))
+            """, logger: logger).first?.decode(Bool.self) ?? false
     }
 
     /// The status of the attempt `attempt` of the lineage rooted at `root`, if it exists.

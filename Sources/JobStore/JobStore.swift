@@ -94,7 +94,8 @@ public enum JobStore {
         }
     }
 
-    static func event(jobID: UUID, seq: Int64, type: JobEventType, payload: JSONValue, at: Date) throws -> JobEvent {
+    /// A `job_events` row as the event WatchJob sends.
+    public static func event(jobID: UUID, seq: Int64, type: JobEventType, payload: JSONValue, at: Date) throws -> JobEvent {
         var event = JobEvent()
         event.seq = seq
         event.type = type

@@ -61,7 +61,7 @@ struct DatabaseWatchEventReader: WatchEventReader {
             let (job, lastSeq, finished, seq, type, payload, at) = try row.decode((UUID, Int64, Bool, Int64?, String?, String?, Date?).self)
             var read = reads[job] ?? WatchRead(lastSeq: lastSeq, finished: finished, events: [])
             if let seq, let type, let payload, let at {
-                read.events.append(try Self.event(job: job, seq: seq, type: type, payload: payload, at: at))
+                read.events.append(try JobStore.event(jobID: job, seq: seq, type: JobEventType(name: type) ?? .unspecified, payload: JSONValue.parse(payload), at: at))
             }
             reads[job] = read
         }
@@ -78,29 +78,5 @@ struct DatabaseWatchEventReader: WatchEventReader {
         try await client.withConnection { connection in
             try await JobStore.fetch(id, on: connection, logger: logger)
         }
-    }
-
-    /// A `job_events` row as the event WatchJob sends; the same reading as
-    /// `JobStore.events`, for rows of many jobs at once.
-    static func event(job: UUID, seq: Int64, type: String, payload: String, at: Date) throws -> JobEvent {
-        var event = JobEvent()
-        event.seq = seq
-        event.type = JobEventType(name: type) ?? .unspecified
-        event.jobID = job.uuidString.lowercased()
-        event.at = Google_Protobuf_Timestamp(date: at)
-        let value = try JSONValue.parse(payload)
-        switch event.type {
-        case .progress:
-            event.progress = try JobProgress(jsonValue: value)
-        case .status:
-            guard case .string(let name)? = value["status"], let status = JobStatus(name: name) else {
-                throw RPCError(.dataLoss, "STATUS event \(seq) of job \(event.jobID) holds no status")
-            }
-            event.status = status
-            if let error = value["error"] { event.error = try JobError(jsonValue: error) }
-        case .snapshot, .unspecified, .UNRECOGNIZED:
-            break
-        }
-        return event
     }
 }

@@ -7,7 +7,7 @@ import Foundation
 struct Ferry: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ferry",
-        abstract: "Client for ferryd. Job commands arrive with the job engine; this build checks health and benchmarks the RPC layer.",
+        abstract: "Client for ferryd: checks health and benchmarks the RPC layer and the job engine (job commands are not in this build).",
         version: FerryVersion.current,
         subcommands: [Health.self, Bench.self])
 }

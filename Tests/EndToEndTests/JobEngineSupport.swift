@@ -79,19 +79,20 @@ final class Replicas: Sendable {
         let arguments = ["--tls-cert", certificate, "--tls-key", key,
                          "--heartbeat-interval", "0.3", "--heartbeat-timeout", "2", "--leader-lease", "2"] + extra
         // Every start is awaited, so that a failure leaves no replica running.
-        let started = await withTaskGroup(of: Result<ServingFerryd, any Error>.self) { group in
+        let started = await withTaskGroup(of: (Int, Result<ServingFerryd, any Error>).self) { group in
             for index in 0..<count {
                 // Replica `index` also gets `environments[index]`, when given.
                 let environment = environment.merging(index < environments.count ? environments[index] : [:]) { $1 }
                 group.addTask {
                     do {
-                        return .success(try await ServingFerryd.start(arguments, environment: environment, binary: FerryBinaries.ferrydTest))
+                        return (index, .success(try await ServingFerryd.start(arguments, environment: environment, binary: FerryBinaries.ferrydTest)))
                     } catch {
-                        return .failure(error)
+                        return (index, .failure(error))
                     }
                 }
             }
-            return await group.reduce(into: []) { $0.append($1) }
+            // In index order, so `servers[i]` is the replica started with `environments[i]`.
+            return await group.reduce(into: []) { $0.append($1) }.sorted { $0.0 < $1.0 }.map(\.1)
         }
         let servers = started.compactMap { try? $0.get() }
         if servers.count < count {

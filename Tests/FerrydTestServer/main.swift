@@ -84,7 +84,7 @@ struct SteppingJob: JobRunner {
 
     func run(_ params: Params, _ context: JobContext) async throws {
         guard recordRuns, let target = params.target else { return try await steps(params, context) }
-        let session = try await context.instances.open(target.instance)
+        let session = try await context.instances.open(target.instance, readOnly: false)
         try await session.execute("""
             INSERT INTO public.ferry_test_runs (job, attempt, started_at) VALUES (\(context.jobID), \(context.attempt), clock_timestamp())
             """, logger: context.logger)
@@ -106,8 +106,13 @@ struct SteppingJob: JobRunner {
 
         var writer: PostgresConnection?
         if params.writes, let target = params.target {
-            try await context.checkpoints.claimTenant(instance: target.instance, tenant: target.tenant)
+            let claim = try await context.checkpoints.claimTenant(instance: target.instance, tenant: target.tenant)
             let connection = try await context.instances.openWriter(target.instance, tenant: target.tenant)
+            // A new claim creates the tenant, and refuses one that appeared since the plan.
+            let exists = !(try await connection.execute("SELECT 1 FROM pg_namespace WHERE nspname = \(target.tenant)", logger: context.logger)).isEmpty
+            if claim == .new && exists {
+                throw JobFailure(.alreadyExists, "tenant \(target.tenant) appeared on instance \(target.instance) after the plan and is not Ferry's", retryable: false)
+            }
             try await connection.execute("CREATE SCHEMA IF NOT EXISTS \(unescaped: target.tenant)", logger: context.logger)
             try await connection.execute("""
                 CREATE TABLE IF NOT EXISTS \(unescaped: target.tenant).steps (
