@@ -92,8 +92,12 @@ import Testing
                         _ = try await JobStore.appendStatus(id, status: .running, error: nil, on: connection, logger: logger)
                     }
                 }
-                try await connection.execute("UPDATE jobs SET status = 'SUCCEEDED', finished_at = clock_timestamp() WHERE id = \(id)", logger: logger)
-                _ = try await JobStore.appendStatus(id, status: .succeeded, error: nil, on: connection, logger: logger)
+                // One transaction, as every terminal transition of the engine is: a reader never
+                // sees the job ended without its terminal event.
+                try await connection.transaction(logger: logger) { connection in
+                    try await connection.execute("UPDATE jobs SET status = 'SUCCEEDED', finished_at = clock_timestamp() WHERE id = \(id)", logger: logger)
+                    _ = try await JobStore.appendStatus(id, status: .succeeded, error: nil, on: connection, logger: logger)
+                }
             }
             // The job wrote all its events, and the fast watcher got every one of them in
             // order up to the end, while the slow watcher was still held in its first send.
