@@ -93,7 +93,7 @@ extension ServerConfiguration {
     }
 
     /// How long a notification to ourselves may take before LISTEN counts as not delivering.
-    public static let listenProbeTimeout = Duration.seconds(5)
+    public static let listenProbeTimeout = Duration.seconds(10)
 
     /// Refuses to start when LISTEN on ``listenURL(databaseURL:)`` would silently never
     /// deliver: behind a transaction pooler (PgBouncer's transaction mode) LISTEN runs on

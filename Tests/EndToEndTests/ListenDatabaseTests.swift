@@ -23,9 +23,9 @@ import Testing
 
     @Test func aDirectConnectionPassesTheCheck() async throws {
         let url = try await TestPostgres.shared.freshDatabase("listen_direct")
-        let started = ContinuousClock.now
+        // It throws unless the probe notification arrived within its timeout (the time spent
+        // connecting on a busy machine is not part of that, so it is not measured here).
         try await ServerConfiguration().checkListenDelivers(databaseURL: url, logger: logger)
-        #expect(ContinuousClock.now - started < ServerConfiguration.listenProbeTimeout)
     }
 
     @Test func aTransactionPoolerIsRefusedWithOneLineNamingTheWayOut() async throws {
