@@ -56,6 +56,7 @@ public final class ExecutorPool: Service, Sendable {
         /// When the last heartbeat that the database confirmed was sent.
         let confirmed = Mutex(ContinuousClock.now)
         let counters: Mutex<ProgressCounters?> = Mutex(nil)
+        let result = ResultBox()
 
         init(id: UUID, logger: Logger) {
             self.id = id
@@ -201,7 +202,7 @@ public final class ExecutorPool: Service, Sendable {
                 job: record.job, jobID: id, rootJobID: record.rootJobID, attempt: record.attempt,
                 resumeState: resumeState, logger: jobLogger, instances: sessions,
                 checkpoints: Checkpoints(client: client, jobID: id, rootJobID: record.rootJobID, owner: replica, logger: jobLogger, onLost: lost),
-                progress: counters, stopSignal: job.signal)
+                progress: counters, stopSignal: job.signal, resultBox: job.result)
             let params = record.params
             let task = Task { try await runner.runBody(params, context) }
             job.task.withLock { $0 = task }
@@ -230,7 +231,7 @@ public final class ExecutorPool: Service, Sendable {
         // Recorded even after a lost ownership: the update is guarded by owner and status, so
         // it does nothing if the job really is someone else's, and a false alarm (a slow
         // heartbeat) still records how the job ended instead of leaving it to the leader.
-        await recordOutcome(outcome, for: id, logger: jobLogger)
+        await recordOutcome(outcome, result: outcome.status == .succeeded ? job.result.value.withLock { $0 } : nil, for: id, logger: jobLogger)
         // The slot is free: look for the next admitted job now, not at the next poll.
         wakeup.signal()
         await onFinished()
@@ -301,11 +302,11 @@ public final class ExecutorPool: Service, Sendable {
 
     /// Writes the terminal status, retrying while the database is unreachable: the job's
     /// outcome must not be lost to a blip (the leader would otherwise fail it later).
-    private func recordOutcome(_ outcome: (status: JobStatus, error: JobError?), for id: UUID, logger: Logger) async {
+    private func recordOutcome(_ outcome: (status: JobStatus, error: JobError?), result: JobResult? = nil, for id: UUID, logger: Logger) async {
         for attempt in 1...20 {
             do {
                 let record = try await client.withConnection { connection in
-                    try await JobStore.finish(id, owner: replica, status: outcome.status, error: outcome.error, on: connection, logger: logger)
+                    try await JobStore.finish(id, owner: replica, status: outcome.status, error: outcome.error, result: result, on: connection, logger: logger)
                 }
                 if record == nil {
                     logger.warning("job was already ended elsewhere; its outcome here is dropped", metadata: ["status": "\(outcome.status.name)"])

@@ -25,6 +25,11 @@ public struct JobContext: Sendable {
     /// Counters the kind's workers add to; the executor turns them into progress events.
     public let progress: ProgressCounters
     let stopSignal: StopSignal
+    let resultBox: ResultBox
+
+    /// Records what the job produced (a clone's verified tables, an export's artifact): it
+    /// becomes the job's `result` when the job succeeds, and is dropped otherwise.
+    public func setResult(_ result: JobResult) { resultBox.value.withLock { $0 = result } }
 
     /// Why the job is being stopped, once it is (nil while it may run on).
     public var stopReason: StopReason? { stopSignal.reason }
@@ -34,6 +39,11 @@ public struct JobContext: Sendable {
     public func saveResumeState(_ state: JSONValue) async throws {
         try await checkpoints.guarded { try await JobLifecycle.saveResumeState(state, job: jobID, owner: checkpoints.owner, on: $0, logger: logger) }
     }
+}
+
+/// What a job produced, set by its kind, written with its SUCCEEDED status.
+final class ResultBox: Sendable {
+    let value = Mutex<JobResult?>(nil)
 }
 
 /// The reason a job stops, set once, and the action that stops it.

@@ -21,20 +21,22 @@ public struct JobRecord: Sendable {
     public var lastSeq: Int64
     public var requestID: String?
     public var owner: String?
+    /// What the job produced; set only for a SUCCEEDED job whose kind records one.
+    public var result: JobResult?
 
     /// The columns `init(row:)` reads, in order; `prefix` qualifies them (e.g. `"j."`).
     public static func columns(_ prefix: String = "") -> String {
         [
             "id", "kind", "status", "params::text", "attempt", "rerun_of", "root_job_id", "progress::text",
             "error_code", "error_message", "error_retryable", "created_by", "created_at", "started_at",
-            "finished_at", "last_seq", "request_id", "owner",
+            "finished_at", "last_seq", "request_id", "owner", "result::text",
         ].map { prefix + $0 }.joined(separator: ", ")
     }
 
     public init(row: PostgresRow) throws {
         let (id, kind, status, params, attempt, rerunOf, root, progress, errorCode, errorMessage, errorRetryable,
-             createdBy, createdAt, startedAt, finishedAt, lastSeq, requestID, owner) = try row.decode(
-            (UUID, String, String, String, Int32, UUID?, UUID, String, String?, String?, Bool?, String?, Date, Date?, Date?, Int64, String?, String?).self)
+             createdBy, createdAt, startedAt, finishedAt, lastSeq, requestID, owner, result) = try row.decode(
+            (UUID, String, String, String, Int32, UUID?, UUID, String, String?, String?, Bool?, String?, Date, Date?, Date?, Int64, String?, String?, String?).self)
         self.id = id
         self.kind = JobKind(databaseName: kind) ?? .unspecified
         self.status = JobStatus(name: status) ?? .unspecified
@@ -42,8 +44,9 @@ public struct JobRecord: Sendable {
         do {
             self.params = try JobParams(jsonValue: JSONValue.parse(params))
             self.progress = try JobProgress(jsonValue: JSONValue.parse(progress))
+            self.result = try result.map { try JobResult(jsonValue: JSONValue.parse($0)) }
         } catch {
-            throw RPCError(.dataLoss, "job \(id.uuidString.lowercased()) holds params or progress this server cannot read: \(error)")
+            throw RPCError(.dataLoss, "job \(id.uuidString.lowercased()) holds params, progress or a result this server cannot read: \(error)")
         }
         self.attempt = attempt
         self.rerunOf = rerunOf
@@ -76,6 +79,7 @@ public struct JobRecord: Sendable {
         if let startedAt { job.startedAt = Google_Protobuf_Timestamp(date: startedAt) }
         if let finishedAt { job.finishedAt = Google_Protobuf_Timestamp(date: finishedAt) }
         job.createdBy = createdBy ?? ""
+        if let result { job.result = result }
         return job
     }
 

@@ -121,13 +121,15 @@ public enum JobStore {
     /// Ends a RUNNING job owned by `owner` (or unowned when `owner` is nil) with a terminal
     /// status; nil when the job was not in that state (someone else ended it first).
     public static func finish(
-        _ jobID: UUID, owner: String?, status: JobStatus, error: JobError?, on connection: PostgresConnection, logger: Logger
+        _ jobID: UUID, owner: String?, status: JobStatus, error: JobError?, result: JobResult? = nil, on connection: PostgresConnection, logger: Logger
     ) async throws -> JobRecord? {
         precondition(status.isTerminal)
+        let resultText = try result.map { try $0.jsonValue().text }
         return try await connection.transaction(logger: logger) { connection in
             let rows = try await connection.execute("""
                 UPDATE jobs SET status = \(status.name), finished_at = clock_timestamp(), updated_at = clock_timestamp(),
-                       error_code = \(error?.code), error_message = \(error?.message), error_retryable = \(error?.retryable)
+                       error_code = \(error?.code), error_message = \(error?.message), error_retryable = \(error?.retryable),
+                       result = \(resultText)::jsonb
                  WHERE id = \(jobID) AND status = 'RUNNING' AND owner IS NOT DISTINCT FROM \(owner)
                 RETURNING \(unescaped: JobRecord.columns())
                 """, logger: logger)

@@ -229,6 +229,19 @@ public nonisolated struct CloneParams: Sendable {
   /// differ.
   public var targetTenant: String = String()
 
+  /// How many tables, or block ranges of a split table, are copied at once;
+  /// 0 takes the server's default (`ferryd serve --copy-width`).
+  public var copyWidth: UInt32 = 0
+
+  /// How many index builds run at once, alongside the copies; 0 takes the
+  /// server's default (`--index-width`).
+  public var indexWidth: UInt32 = 0
+
+  /// A table whose data is larger than this many bytes is split into block
+  /// ranges that copy in parallel; 0 takes the server's default
+  /// (`--split-table-bytes`).
+  public var splitTableBytes: Int64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -652,11 +665,62 @@ public nonisolated struct Job: @unchecked Sendable {
     set {_uniqueStorage()._createdBy = newValue}
   }
 
+  /// What the job produced; set once it SUCCEEDED.
+  public var result: JobResult {
+    get {_storage._result ?? JobResult()}
+    set {_uniqueStorage()._result = newValue}
+  }
+  /// Returns true if `result` has been explicitly set.
+  public var hasResult: Bool {_storage._result != nil}
+  /// Clears the value of `result`. Subsequent reads from it will return its default value.
+  public mutating func clearResult() {_uniqueStorage()._result = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// What a finished job produced.
+public nonisolated struct JobResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// clone and import: every table of the lineage's target, with the row count
+  /// and content checksum verified equal on both sides, sorted by tenant and
+  /// table.
+  public var tables: [TableResult] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One verified table.
+public nonisolated struct TableResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The target tenant.
+  public var tenant: String = String()
+
+  /// The table's name.
+  public var table: String = String()
+
+  /// Rows in the table, counted by PostgreSQL on the source (in the copy's
+  /// snapshot) and on the target.
+  public var rows: Int64 = 0
+
+  /// The order-independent content checksum both sides computed (see
+  /// docs/cloning.md).
+  public var checksum: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// Progress figures of a running or finished job. Counters only grow within
@@ -818,7 +882,7 @@ nonisolated extension JobEventType: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension CloneParams: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CloneParams"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}source_instance\0\u{3}source_tenant\0\u{3}target_instance\0\u{3}target_tenant\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}source_instance\0\u{3}source_tenant\0\u{3}target_instance\0\u{3}target_tenant\0\u{3}copy_width\0\u{3}index_width\0\u{3}split_table_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -830,6 +894,9 @@ nonisolated extension CloneParams: SwiftProtobuf.Message, SwiftProtobuf._Message
       case 2: try { try decoder.decodeSingularStringField(value: &self.sourceTenant) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.targetInstance) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.targetTenant) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.copyWidth) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.indexWidth) }()
+      case 7: try { try decoder.decodeSingularInt64Field(value: &self.splitTableBytes) }()
       default: break
       }
     }
@@ -848,6 +915,15 @@ nonisolated extension CloneParams: SwiftProtobuf.Message, SwiftProtobuf._Message
     if !self.targetTenant.isEmpty {
       try visitor.visitSingularStringField(value: self.targetTenant, fieldNumber: 4)
     }
+    if self.copyWidth != 0 {
+      try visitor.visitSingularUInt32Field(value: self.copyWidth, fieldNumber: 5)
+    }
+    if self.indexWidth != 0 {
+      try visitor.visitSingularUInt32Field(value: self.indexWidth, fieldNumber: 6)
+    }
+    if self.splitTableBytes != 0 {
+      try visitor.visitSingularInt64Field(value: self.splitTableBytes, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -856,6 +932,9 @@ nonisolated extension CloneParams: SwiftProtobuf.Message, SwiftProtobuf._Message
     if lhs.sourceTenant != rhs.sourceTenant {return false}
     if lhs.targetInstance != rhs.targetInstance {return false}
     if lhs.targetTenant != rhs.targetTenant {return false}
+    if lhs.copyWidth != rhs.copyWidth {return false}
+    if lhs.indexWidth != rhs.indexWidth {return false}
+    if lhs.splitTableBytes != rhs.splitTableBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1410,7 +1489,7 @@ nonisolated extension ListJobsResponse: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Job: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Job"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}kind\0\u{1}status\0\u{1}params\0\u{1}attempt\0\u{3}rerun_of\0\u{3}root_job_id\0\u{1}progress\0\u{1}error\0\u{3}created_at\0\u{3}started_at\0\u{3}finished_at\0\u{3}created_by\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}kind\0\u{1}status\0\u{1}params\0\u{1}attempt\0\u{3}rerun_of\0\u{3}root_job_id\0\u{1}progress\0\u{1}error\0\u{3}created_at\0\u{3}started_at\0\u{3}finished_at\0\u{3}created_by\0\u{1}result\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -1426,6 +1505,7 @@ nonisolated extension Job: SwiftProtobuf.Message, SwiftProtobuf._MessageImplemen
     var _startedAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
     var _finishedAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
     var _createdBy: String = String()
+    var _result: JobResult? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1449,6 +1529,7 @@ nonisolated extension Job: SwiftProtobuf.Message, SwiftProtobuf._MessageImplemen
       _startedAt = source._startedAt
       _finishedAt = source._finishedAt
       _createdBy = source._createdBy
+      _result = source._result
     }
   }
 
@@ -1480,6 +1561,7 @@ nonisolated extension Job: SwiftProtobuf.Message, SwiftProtobuf._MessageImplemen
         case 11: try { try decoder.decodeSingularMessageField(value: &_storage._startedAt) }()
         case 12: try { try decoder.decodeSingularMessageField(value: &_storage._finishedAt) }()
         case 13: try { try decoder.decodeSingularStringField(value: &_storage._createdBy) }()
+        case 14: try { try decoder.decodeSingularMessageField(value: &_storage._result) }()
         default: break
         }
       }
@@ -1531,6 +1613,9 @@ nonisolated extension Job: SwiftProtobuf.Message, SwiftProtobuf._MessageImplemen
       if !_storage._createdBy.isEmpty {
         try visitor.visitSingularStringField(value: _storage._createdBy, fieldNumber: 13)
       }
+      try { if let v = _storage._result {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1553,10 +1638,86 @@ nonisolated extension Job: SwiftProtobuf.Message, SwiftProtobuf._MessageImplemen
         if _storage._startedAt != rhs_storage._startedAt {return false}
         if _storage._finishedAt != rhs_storage._finishedAt {return false}
         if _storage._createdBy != rhs_storage._createdBy {return false}
+        if _storage._result != rhs_storage._result {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension JobResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tables\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.tables) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.tables.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.tables, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: JobResult, rhs: JobResult) -> Bool {
+    if lhs.tables != rhs.tables {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension TableResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TableResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tenant\0\u{1}table\0\u{1}rows\0\u{1}checksum\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.tenant) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.table) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.rows) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.checksum) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.tenant.isEmpty {
+      try visitor.visitSingularStringField(value: self.tenant, fieldNumber: 1)
+    }
+    if !self.table.isEmpty {
+      try visitor.visitSingularStringField(value: self.table, fieldNumber: 2)
+    }
+    if self.rows != 0 {
+      try visitor.visitSingularInt64Field(value: self.rows, fieldNumber: 3)
+    }
+    if !self.checksum.isEmpty {
+      try visitor.visitSingularStringField(value: self.checksum, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: TableResult, rhs: TableResult) -> Bool {
+    if lhs.tenant != rhs.tenant {return false}
+    if lhs.table != rhs.table {return false}
+    if lhs.rows != rhs.rows {return false}
+    if lhs.checksum != rhs.checksum {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
