@@ -108,6 +108,18 @@ let package = Package(
             ]
         ),
 
+        // libpq, the PostgreSQL client library (Debian's libpq-dev), for the data path: PostgresNIO
+        // can COPY in but not out.
+        .systemLibrary(
+            name: "CLibPQ",
+            pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]
+        ),
+        // A thin Swift face over libpq: connections, simple statements, and the COPY pipe that
+        // hands a source's COPY OUT buffers straight to a target's COPY IN, on a thread of its
+        // own so no event loop ever blocks.
+        .target(name: "LibPQ", dependencies: ["CLibPQ"]),
+
         // Jobs in the control database: records, events, the NOTIFY listener.
         .target(
             name: "JobStore",
@@ -149,6 +161,22 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // The data mover: the tenant schema reader and builder, the parallel COPY engine, the
+        // verification checksums, and the clone job kind built from them.
+        .target(
+            name: "DataMover",
+            dependencies: [
+                "FerryCore",
+                "LibPQ",
+                "ControlDatabase",
+                "FerryProtocol",
+                "JobStore",
+                "Executors",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ]
         ),
 
@@ -212,13 +240,13 @@ let package = Package(
         ),
         .executableTarget(
             name: "ferryd",
-            dependencies: ["FerrydCLI", "Executors"]
+            dependencies: ["FerrydCLI", "Executors", "DataMover"]
         ),
         // ferryd with test-only job kinds (sleeping, failing, resumable), for the job-engine
         // tests that run real replicas; never shipped.
         .executableTarget(
             name: "ferryd-test",
-            dependencies: ["FerrydCLI", "Executors", "FerryProtocol", "JobStore", "Coordinator", "FerryServer", .product(name: "PostgresNIO", package: "postgres-nio")],
+            dependencies: ["FerrydCLI", "Executors", "DataMover", "FerryProtocol", "JobStore", "Coordinator", "FerryServer", .product(name: "PostgresNIO", package: "postgres-nio")],
             path: "Tests/FerrydTestServer"
         ),
         .executableTarget(
@@ -270,6 +298,11 @@ let package = Package(
         .testTarget(
             name: "JobEngineTests",
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf"), "JobStore", "Watch", "Coordinator", "Executors", "ControlDatabase", "FerryProtocol", "FerryTestSupport",
+                           .product(name: "Logging", package: "swift-log"), .product(name: "PostgresNIO", package: "postgres-nio")]
+        ),
+        .testTarget(
+            name: "DataMoverTests",
+            dependencies: ["DataMover", "LibPQ", "ControlDatabase", "EmbeddedPostgres", "FerryRuntime", "FerryTestSupport",
                            .product(name: "Logging", package: "swift-log"), .product(name: "PostgresNIO", package: "postgres-nio")]
         ),
         .testTarget(
