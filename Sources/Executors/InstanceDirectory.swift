@@ -235,6 +235,44 @@ public actor InstanceSessions {
         return connection
     }
 
+    /// The URL of `instance` with this attempt's application_name, for a session opened
+    /// outside this actor (the data path's libpq connections). Such a session is ended by
+    /// ``stop()`` with the others (it is found by its name); its opener closes it.
+    public func sessionURL(_ instance: String) async throws -> DatabaseURL {
+        try checkNotStopped()
+        var url = try await url(instance)
+        url.applicationName = applicationName
+        return url
+    }
+
+    /// For a writer session opened outside this actor: its URL (``sessionURL(_:)``) and the
+    /// statement it must run on itself before writing. The statement returns `t` only while
+    /// this attempt's gate holds `tenant`'s fence on `instance` (taken here on first use);
+    /// on `f`, call ``fenceLost(instance:tenant:)`` and write nothing.
+    public func writerAccess(_ instance: String, tenant: String) async throws -> (url: DatabaseURL, fenceCheck: String) {
+        let gate = try await gate(instance, tenant)
+        let url = try await sessionURL(instance)
+        let check = """
+            SELECT EXISTS (
+                SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE \(Self.fenceLock) AND l.objid::text = (hashtext(\(Self.literal(tenant)))::bigint & 4294967295)::text
+                   AND l.pid = \(gate.pid) AND a.application_name = \(Self.literal(applicationName)))
+            """
+        return (url, check)
+    }
+
+    /// Reports that a session opened through ``writerAccess(_:tenant:)`` found the fence is
+    /// no longer this attempt's: the attempt stops.
+    public func fenceLost(instance: String, tenant: String) {
+        logger.error("the target's fence is no longer this attempt's: stopping", metadata: ["instance": "\(instance)", "tenant": "\(tenant)"])
+        onLost()
+    }
+
+    /// A SQL string literal (standard_conforming_strings, which PostgreSQL has on since 9.1).
+    static func literal(_ text: String) -> String {
+        "'" + text.replacingOccurrences(of: "'", with: "''") + "'"
+    }
+
     /// Closes a session opened here.
     public func close(_ connection: PostgresConnection) async {
         sessions[ObjectIdentifier(connection)] = nil

@@ -94,6 +94,14 @@ public struct JobSettings: Sendable {
     public var fenceWait: Duration = .seconds(30)
     /// How long connecting to an instance may take.
     public var connectTimeout: Int = 10
+    /// How many tables, or block ranges of split tables, a job copies at once, unless the job
+    /// says otherwise.
+    public var copyWidth: Int = 4
+    /// How many index builds a job runs at once, alongside its copies.
+    public var indexWidth: Int = 2
+    /// Tables larger than this (bytes of their main fork) are split into block ranges of
+    /// about this size that copy in parallel.
+    public var splitTableBytes: Int64 = 256 << 20
     public init() {}
 }
 

@@ -178,6 +178,21 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("executors"), help: ArgumentHelp("Jobs this replica runs at once. Env: FERRY_EXECUTORS. Default 4.", valueName: "n"))
     var executors: Int?
 
+    @Option(name: .customLong("copy-width"), help: ArgumentHelp(
+        "Tables, or block ranges of split tables, a job copies at once unless it says otherwise. Env: FERRY_COPY_WIDTH. Default 4.",
+        valueName: "n"))
+    var copyWidth: Int?
+
+    @Option(name: .customLong("index-width"), help: ArgumentHelp(
+        "Tables whose indexes a job builds (and verifies) at once, alongside its copies, unless it says otherwise. Env: FERRY_INDEX_WIDTH. Default 2.",
+        valueName: "n"))
+    var indexWidth: Int?
+
+    @Option(name: .customLong("split-table-bytes"), help: ArgumentHelp(
+        "Tables larger than this are split into block ranges of about this size that copy in parallel, unless a job says otherwise. Env: FERRY_SPLIT_TABLE_BYTES. Default 268435456 (256 MiB).",
+        valueName: "bytes"))
+    var splitTableBytes: Int?
+
     @Option(name: .customLong("heartbeat-interval"), help: ArgumentHelp(
         "Seconds between heartbeats of running jobs. Env: FERRY_HEARTBEAT_INTERVAL. Default 2.", valueName: "seconds"))
     var heartbeatInterval: Double?
@@ -228,6 +243,17 @@ struct Serve: AsyncParsableCommand {
             configuration.coordinator.maxRunningPerInstance = n
         }
         if let n = try settings.count(executors, flag: "--executors", variable: "FERRY_EXECUTORS") { configuration.executors.executors = n }
+        if let n = try settings.count(copyWidth, flag: "--copy-width", variable: "FERRY_COPY_WIDTH") {
+            guard n <= 64 else { throw StartupError("invalid --copy-width: \(n) is more than 64") }
+            configuration.jobSettings.copyWidth = n
+        }
+        if let n = try settings.count(indexWidth, flag: "--index-width", variable: "FERRY_INDEX_WIDTH") {
+            guard n <= 64 else { throw StartupError("invalid --index-width: \(n) is more than 64") }
+            configuration.jobSettings.indexWidth = n
+        }
+        if let n = try settings.count(splitTableBytes, flag: "--split-table-bytes", variable: "FERRY_SPLIT_TABLE_BYTES") {
+            configuration.jobSettings.splitTableBytes = Int64(n)
+        }
         if let d = try settings.seconds(heartbeatInterval, flag: "--heartbeat-interval", variable: "FERRY_HEARTBEAT_INTERVAL") {
             configuration.executors.heartbeatInterval = d
         }

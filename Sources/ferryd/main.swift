@@ -1,5 +1,9 @@
+import DataMover
 import Executors
 import FerrydCLI
 
-// No job kind is registered in this build: StartJob answers UNIMPLEMENTED, admitting nothing.
-await FerrydMain.main(kinds: JobKinds())
+// The job kinds this build runs. Kinds not registered here are refused at StartJob with
+// UNIMPLEMENTED, admitting nothing.
+var kinds = JobKinds()
+kinds.register(.clone) { resources in CloneKind(settings: resources.settings) }
+await FerrydMain.main(kinds: kinds)
