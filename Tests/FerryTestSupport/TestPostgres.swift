@@ -10,6 +10,9 @@ import Logging
 /// test process exiting.
 public actor TestPostgres {
     public static let shared = TestPostgres()
+    /// A second cluster, for what crosses instances of different servers (a clone to
+    /// another cluster); started only by the tests that use it.
+    public static let second = TestPostgres()
 
     // A task, not a value: callers arriving while the cluster starts must wait for that
     // same start rather than (actor reentrancy) start clusters of their own.

@@ -1,3 +1,4 @@
+import DataMover
 import Executors
 import FerryProtocol
 import FerrydCLI
@@ -151,5 +152,24 @@ let names = Set((environment["FERRY_TEST_KINDS"] ?? "clone,export").split(separa
 let recordRuns = environment["FERRY_TEST_RECORD_RUNS"] == "1"
 var kinds = JobKinds()
 if names.contains("clone") { kinds.register(.clone) { _ in SteppingJob(steps: steps, totalMs: totalMs, recordRuns: recordRuns) } }
+// "realclone": the real clone kind, with the test hooks FERRY_TEST_CLONE_BEFORE_VERIFY
+// ("table:SQL", SQL with {schema} for the target schema, run before that table's checksum;
+// "table@1:SQL" only in attempt 1) and FERRY_TEST_CLONE_TEXT=1 (text format throughout).
+if names.contains("realclone") {
+    let hook = environment["FERRY_TEST_CLONE_BEFORE_VERIFY"].flatMap { spec -> (table: String, attempt: Int32?, sql: String)? in
+        guard let colon = spec.firstIndex(of: ":") else { return nil }
+        let target = spec[..<colon].split(separator: "@")
+        return (String(target[0]), target.count > 1 ? Int32(target[1]) : nil, String(spec[spec.index(after: colon)...]))
+    }
+    var beforeVerify: (@Sendable (String, String, Int32) -> String?)?
+    if let hook {
+        beforeVerify = { schema, table, attempt in
+            guard table == hook.table, hook.attempt == nil || hook.attempt == attempt else { return nil }
+            return hook.sql.replacingOccurrences(of: "{schema}", with: "\"\(schema)\"")
+        }
+    }
+    let hooks = CloneHooks(beforeVerify: beforeVerify, textFormat: environment["FERRY_TEST_CLONE_TEXT"] == "1")
+    kinds.register(.clone) { resources in CloneKind(settings: resources.settings, hooks: hooks) }
+}
 if names.contains("export") { kinds.register(.export) { _ in SteppingJob(steps: steps, totalMs: totalMs, recordRuns: recordRuns) } }
 await FerrydMain.main(kinds: kinds, adjust: { installAdmissionHold(&$0) })
