@@ -296,6 +296,10 @@ public actor InstanceSessions {
         _ = try register(instance, connection)
         gateHolders.insert(ObjectIdentifier(connection))
         let pid = try await connection.execute("SELECT pg_backend_pid()", logger: logger).first?.decode(Int32.self) ?? 0
+        // The gate idles for the attempt's life: a server-side idle_session_timeout must not
+        // end it (and with it the fence) halfway through.
+        try await connection.execute(
+            "SELECT set_config('idle_session_timeout', '0', false) WHERE current_setting('server_version_num')::int >= 140000", logger: logger)
         let deadline = ContinuousClock.now + settings.fenceWait
         while true {
             try checkNotStopped()

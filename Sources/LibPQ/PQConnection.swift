@@ -4,13 +4,17 @@ import Foundation
 /// An error from libpq or the server, with the server's SQLSTATE when it sent one.
 public struct PQError: Error, Sendable, CustomStringConvertible {
     /// The five-character SQLSTATE (e.g. `57P01` when an administrator terminated the
-    /// session), nil for a client-side failure such as a lost connection.
+    /// session), nil for a failure on this side.
     public var sqlState: String?
     public var message: String
+    /// True when the connection itself is gone (the server closed it, the network failed):
+    /// a retry on a new connection may succeed.
+    public var connectionLost: Bool
 
-    public init(sqlState: String? = nil, _ message: String) {
+    public init(sqlState: String? = nil, _ message: String, connectionLost: Bool = false) {
         self.sqlState = sqlState
         self.message = message
+        self.connectionLost = connectionLost
     }
 
     public var description: String {
@@ -31,6 +35,9 @@ public final class PQConnection: @unchecked Sendable {
     private let cancelHandle: OpaquePointer?
     private let lock = NSLock()
     private var finished = false
+    /// Set by ``cancel()``: a statement not yet sent is refused, since a cancel request
+    /// reaches only a statement already running.
+    private var cancelled = false
 
     /// Connects with libpq's keyword parameters (`host`, `port`, `user`, `password`,
     /// `dbname`, `sslmode`, `application_name`, `connect_timeout`, …). Blocks.
@@ -54,7 +61,7 @@ public final class PQConnection: @unchecked Sendable {
         guard PQstatus(connection) == CONNECTION_OK else {
             let message = Self.trimmed(PQerrorMessage(connection))
             PQfinish(connection)
-            throw PQError(message)
+            throw PQError(message, connectionLost: true)
         }
         self.connection = connection
         self.cancelHandle = PQgetCancel(connection)
@@ -75,6 +82,7 @@ public final class PQConnection: @unchecked Sendable {
     /// one as text, NULL as nil. Blocks.
     @discardableResult
     public func execute(_ sql: String) throws(PQError) -> [[String?]] {
+        try checkNotCancelled()
         guard let result = PQexec(connection, sql) else { throw connectionError() }
         defer { PQclear(result) }
         switch PQresultStatus(result) {
@@ -95,11 +103,29 @@ public final class PQConnection: @unchecked Sendable {
         }
     }
 
-    /// Sends a cancel request for the statement running now (if any). Safe from any thread.
+    /// Cancels the statement running now, and refuses any later one. Safe from any thread,
+    /// and returns at once: the cancel request (a connection of its own to the server, which
+    /// may take long when the server is unreachable) is sent from a thread of its own.
     public func cancel() {
-        guard let cancelHandle else { return }
+        lock.lock()
+        let first = !cancelled && !finished
+        cancelled = true
+        lock.unlock()
+        guard first, cancelHandle != nil else { return }
+        // The thread holds the connection, and so its cancel handle, until the request is sent.
+        let thread = Thread { [self] in sendCancel() }
+        thread.start()
+    }
+
+    private func sendCancel() {
         var buffer = [CChar](repeating: 0, count: 256)
         _ = PQcancel(cancelHandle, &buffer, 256)
+    }
+
+    private func checkNotCancelled() throws(PQError) {
+        lock.lock()
+        defer { lock.unlock() }
+        if cancelled { throw PQError(sqlState: "57014", "cancelled before the statement was sent") }
     }
 
     /// Closes the connection. Safe to call more than once.
@@ -125,6 +151,7 @@ public final class PQConnection: @unchecked Sendable {
     }
 
     private func start(_ sql: String, expecting status: ExecStatusType) throws(PQError) {
+        try checkNotCancelled()
         guard let result = PQexec(connection, sql) else { throw connectionError() }
         defer { PQclear(result) }
         guard PQresultStatus(result) == status else { throw Self.resultError(result) }
@@ -196,7 +223,7 @@ public final class PQConnection: @unchecked Sendable {
     // MARK: Errors
 
     private func connectionError() -> PQError {
-        PQError(Self.trimmed(PQerrorMessage(connection)))
+        PQError(Self.trimmed(PQerrorMessage(connection)), connectionLost: PQstatus(connection) != CONNECTION_OK)
     }
 
     private static func resultError(_ result: OpaquePointer) -> PQError {

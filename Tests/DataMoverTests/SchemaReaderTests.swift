@@ -79,7 +79,9 @@ struct SchemaReaderTests {
                 ref_id integer CONSTRAINT outside_refs_ref_fkey REFERENCES other.ref,
                 counter bigint DEFAULT nextval('other.seq'),
                 p pair,
-                trigrams text
+                trigrams text,
+                rel regclass,
+                cls pg_class
             );
             CREATE INDEX outside_refs_trgm ON outside_refs USING gin (trigrams gin_trgm_ops);
             CREATE VIEW v_other AS SELECT id FROM other.ref;
@@ -92,6 +94,8 @@ struct SchemaReaderTests {
             "column refused.outside_refs.colors of type other.color[]",
             "column refused.outside_refs.name of type ext.citext",
             "column refused.outside_refs.p of type refused.pair",
+            "column refused.outside_refs.rel of type regclass",
+            "column refused.outside_refs.cls of type pg_class",
             "composite type refused.pair",
             "default value for refused.outside_refs.counter references sequence other.seq",
             "domain refused.mood_domain over mood",

@@ -91,14 +91,29 @@ final class CopyRun: Sendable {
         progress.setCurrent(copy.targetTenant)
         let claim = try await context.checkpoints.claimTenant(instance: copy.targetInstance, tenant: copy.targetTenant)
         let earlier = try await context.checkpoints.tables().filter { $0.tenant == copy.targetTenant }
-        let verified = Dictionary(earlier.filter { $0.status == .verified }.map { ($0.table, $0) }, uniquingKeysWith: { a, _ in a })
+        var verified = Dictionary(earlier.filter { $0.status == .verified }.map { ($0.table, $0) }, uniquingKeysWith: { a, _ in a })
 
-        // The snapshot every source read uses, and the schema as of that instant. The
-        // exporting transaction stays open (and its ACCESS SHARE locks keep DDL off the
-        // tenant's tables) until the last source read is done.
+        // The snapshot every source read uses, and the schema as of that instant. The tables
+        // are locked (ACCESS SHARE, as pg_dump does) *before* the snapshot is taken, so no
+        // table rewritten or truncated between the two is copied as it was before; the locks
+        // keep DDL off them until the last source read is done. The exporting transaction
+        // stays open that long, with nothing set to end it while it idles.
         let snapshotSession = try await context.instances.open(copy.sourceInstance)
         defer { Task { [instances = context.instances] in await instances.close(snapshotSession) } }
+        for setting in ["SET idle_in_transaction_session_timeout = 0", "SET statement_timeout = 0",
+                        "SELECT set_config('idle_session_timeout', '0', false) WHERE current_setting('server_version_num')::int >= 140000"] {
+            try await snapshotSession.execute(PostgresQuery(unsafeSQL: setting), logger: logger)
+        }
+        let listed = try await snapshotSession.execute("""
+            SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = \(copy.sourceTenant) AND c.relkind = 'r'
+            """, logger: logger).map { try $0.decode(String.self) }
+        let lockList = listed.sorted().map { qualified(copy.sourceTenant, $0) }.joined(separator: ", ")
         try await snapshotSession.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: logger)
+        if !listed.isEmpty {
+            try await snapshotSession.execute("SET LOCAL lock_timeout = '10s'", logger: logger)
+            try await snapshotSession.execute(PostgresQuery(unsafeSQL: "LOCK TABLE \(lockList) IN ACCESS SHARE MODE"), logger: logger)
+        }
         let snapshot = try await snapshotSession.execute("SELECT pg_export_snapshot()", logger: logger).first?.decode(String.self) ?? ""
         let exists = try await snapshotSession.execute("SELECT 1 FROM pg_namespace WHERE nspname = \(copy.sourceTenant)", logger: logger)
         guard !exists.isEmpty else {
@@ -108,10 +123,8 @@ final class CopyRun: Sendable {
         guard schema.unsupported.isEmpty else {
             throw JobFailure(.failedPrecondition, "tenant \(copy.sourceTenant) holds objects Ferry cannot copy: " + schema.unsupported.joined(separator: "; "), retryable: false)
         }
-        if !schema.tables.isEmpty {
-            try await snapshotSession.execute("SET LOCAL lock_timeout = '10s'", logger: logger)
-            let tables = schema.tables.map { qualified(copy.sourceTenant, $0.name) }.joined(separator: ", ")
-            try await snapshotSession.execute(PostgresQuery(unsafeSQL: "LOCK TABLE \(tables) IN ACCESS SHARE MODE"), logger: logger)
+        guard Set(schema.tables.map(\.name)) == Set(listed) else {
+            throw JobFailure(.unavailable, "the tables of tenant \(copy.sourceTenant) changed while the clone started; rerun", retryable: true)
         }
         let sourceVersion = try await snapshotSession.execute("SELECT current_setting('server_version_num')::int", logger: logger).first?.decode(Int.self) ?? 0
         let statements = schema.statements(into: copy.targetTenant)
@@ -120,12 +133,22 @@ final class CopyRun: Sendable {
 
         // The target schema, created whole in one transaction, or (resuming into this
         // lineage's own target) every table that was not verified dropped and created again.
+        // Only tables of the schema as read now count; a verified table the source no longer
+        // has is left as it is.
+        verified = verified.filter { entry in schema.tables.contains { $0.name == entry.key } }
+        let verifiedNames = Set(verified.keys)
         let todo = schema.tables.filter { verified[$0.name] == nil }
         let targetVersion = try await onWriter(access, "creating the target schema") { writer in
             let version = Int((try writer.execute("SELECT current_setting('server_version_num')").first?.first ?? nil) ?? "") ?? 0
             let exists = !(try writer.execute("SELECT 1 FROM pg_namespace WHERE nspname = \(DataSessions.literal(self.copy.targetTenant))")).isEmpty
             if claim == .new && exists {
                 throw JobFailure(.alreadyExists, "tenant \(self.copy.targetTenant) appeared on instance \(self.copy.targetInstance) after the plan and is not Ferry's", retryable: false)
+            }
+            guard exists || verifiedNames.isEmpty else {
+                throw JobFailure(.failedPrecondition, """
+                    tenant \(self.copy.targetTenant) on instance \(self.copy.targetInstance), which earlier attempts of this job \
+                    created and partly verified, no longer exists; drop nothing and start a new clone instead of a rerun
+                    """, retryable: false)
             }
             var script = ["BEGIN", "SET LOCAL search_path = \(quoted(self.copy.targetTenant))"]
             if !exists {
@@ -148,7 +171,7 @@ final class CopyRun: Sendable {
         // Binary COPY is only guaranteed between servers of one major version.
         let sameMajor = sourceVersion / 10000 == targetVersion / 10000 && !copy.hooks.textFormat
         let pipeline = CopyPipeline(run: self, statements: statements, tables: todo, sourceURL: sourceURL, snapshot: snapshot,
-                                    access: access, binaryAllowed: sameMajor)
+                                    lockList: lockList, access: access, binaryAllowed: sameMajor)
         let copied = try await pipeline.run()
         try await snapshotSession.execute("COMMIT", logger: logger)
 
@@ -233,19 +256,23 @@ final class CopyRun: Sendable {
             default: return JobFailure(.failedPrecondition, refusal.message, retryable: false)
             }
         }
-        let (state, message): (String?, String) = {
-            if let error = error as? StepError { return (error.underlying.sqlState, "\(error.step): \(error.underlying.message)") }
-            if let error = error as? PQError { return (error.sqlState, error.message) }
+        let (state, lost, message): (String?, Bool, String) = {
+            if let error = error as? StepError { return (error.underlying.sqlState, error.underlying.connectionLost, "\(error.step): \(error.underlying.message)") }
+            if let error = error as? PQError { return (error.sqlState, error.connectionLost, error.message) }
             if let error = error as? PSQLError {
                 let described = DatabaseError(running: "reading instance \(copy.sourceInstance)", error: error)
-                return (described.sqlState, described.message)
+                return (described.sqlState, described.code == .connectionLost || described.code == .unreachable, described.message)
             }
-            return (nil, "\(error)")
+            return (nil, false, "\(error)")
         }()
+        if lost { return JobFailure(.unavailable, message, retryable: true) }
         switch state.map({ String($0.prefix(2)) }) {
-        case nil, "08", "57", "53", "40", "55":
+        case "08", "57", "53", "40", "55":
             // Lost connections, terminated or cancelled sessions, a server short of
             // resources, serialization failures, locks not available: a rerun resumes.
+            return JobFailure(.unavailable, message, retryable: true)
+        case "22" where state == "22023" && message.contains("snapshot"):
+            // The exported snapshot is gone with the session that held it.
             return JobFailure(.unavailable, message, retryable: true)
         default:
             return JobFailure(.internal, message, retryable: false)

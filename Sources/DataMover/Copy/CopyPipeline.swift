@@ -20,12 +20,15 @@ final class CopyPipeline: Sendable {
     let statements: SchemaStatements
     let sourceURL: DatabaseURL
     let snapshot: String
+    /// The source tables every reader locks, qualified and comma-separated.
+    let lockList: String
     let access: (url: DatabaseURL, fenceCheck: String)
     let binaryAllowed: Bool
     private let tracker: Tracker
 
     init(run: CopyRun, statements: SchemaStatements, tables: [TableDefinition], sourceURL: DatabaseURL, snapshot: String,
-         access: (url: DatabaseURL, fenceCheck: String), binaryAllowed: Bool) {
+         lockList: String, access: (url: DatabaseURL, fenceCheck: String), binaryAllowed: Bool) {
+        self.lockList = lockList
         self.run = run
         self.tables = tables
         self.statements = statements
@@ -229,17 +232,21 @@ final class CopyPipeline: Sendable {
 
     private func openReader() async throws -> PQConnection {
         do {
-            return try await run.cancellable([]) { [sourceURL, snapshot] in try DataSessions.reader(sourceURL, snapshot: snapshot) }
+            return try await run.cancellable([]) { [sourceURL, snapshot, lockList] in
+                try DataSessions.reader(sourceURL, snapshot: snapshot, tables: lockList)
+            }
         } catch let error as PQError {
             throw StepError(step: "opening a reader of instance \(run.copy.sourceInstance)", underlying: error)
         }
     }
 
-    /// A target session with the target schema on its search_path (index expressions and
-    /// predicates name the tenant's types unqualified); index builders get more memory.
+    /// A target session for a finish worker. An index builder gets the target schema on its
+    /// search_path (index expressions and predicates name the tenant's types unqualified)
+    /// and more memory; a checksum session keeps the settings the source's readers have.
     private func openTargetSession(indexes: Bool) async throws -> PQConnection {
         let connection = try await run.openWriter(access)
-        let setup = "SET search_path = \(quoted(run.copy.targetTenant))" + (indexes ? "; SET maintenance_work_mem = '256MB'" : "")
+        guard indexes else { return connection }
+        let setup = "SET search_path = \(quoted(run.copy.targetTenant)); SET maintenance_work_mem = '256MB'"
         do {
             try await run.cancellable([connection]) { try connection.execute(setup) }
         } catch {
@@ -279,6 +286,9 @@ private actor Tracker {
 
     /// Hands a table whose data is in to a finish worker; true when it was the last one.
     func copied(_ table: TableDefinition, rows: Int64) -> Bool {
+        // Counted down only here, as the table is handed on: a finish worker that finds
+        // nothing ready waits until every table was handed out, not merely copied.
+        tablesLeftToCopy -= 1
         if waiting.isEmpty {
             ready.append((table, rows))
         } else {
@@ -312,12 +322,12 @@ private actor Tracker {
     /// True the first time a table's item starts.
     func start(_ table: String) -> Bool { started.insert(table).inserted }
 
-    /// Records a finished item; returns the table's row count once its last item finished.
+    /// Records a finished item; returns the table's row count once its last item finished
+    /// (the caller then hands the table on with ``copied(_:rows:)``).
     func finish(_ table: String, rows count: Int64) -> Int64? {
         rows[table, default: 0] += count
         partsLeft[table, default: 1] -= 1
         guard partsLeft[table] == 0 else { return nil }
-        tablesLeftToCopy -= 1
         return rows[table]
     }
 }

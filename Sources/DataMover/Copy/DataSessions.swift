@@ -22,19 +22,29 @@ enum DataSessions {
         SET bytea_output = 'hex';
         SET lc_monetary = 'C';
         SET statement_timeout = 0;
-        SET lock_timeout = 0;
         SET idle_in_transaction_session_timeout = 0;
+        SET search_path = pg_catalog;
+        SELECT set_config('idle_session_timeout', '0', false) WHERE current_setting('server_version_num')::int >= 140000;
         """
 
-    /// A reader of `url` that sees exactly the exported `snapshot`. Blocks.
-    static func reader(_ url: DatabaseURL, snapshot: String) throws -> PQConnection {
+    /// How long a source session waits for its ACCESS SHARE locks: a DDL statement queued on a
+    /// tenant's table (behind the clone's own locks) would otherwise block the clone's next
+    /// read for as long as the clone holds them, that is forever.
+    static let readerLockTimeout = "30s"
+
+    /// A reader of `url` that sees exactly the exported `snapshot`, and holds ACCESS SHARE
+    /// locks on `tables` (qualified, comma-separated) for its life, so they cannot change
+    /// under it even if the exporting session is lost. Blocks.
+    static func reader(_ url: DatabaseURL, snapshot: String, tables: String) throws -> PQConnection {
         let connection = try PQConnection(parameters: url.libpqParameters)
         do {
             try connection.execute(settings)
             try connection.execute("""
                 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
                 SET TRANSACTION SNAPSHOT \(literal(snapshot));
+                SET LOCAL lock_timeout = \(literal(readerLockTimeout));
                 """)
+            if !tables.isEmpty { try connection.execute("LOCK TABLE \(tables) IN ACCESS SHARE MODE") }
             return connection
         } catch {
             connection.close()
@@ -81,6 +91,10 @@ extension DatabaseURL {
         var parameters: [(String, String)] = [
             ("host", host), ("port", String(port)), ("user", user), ("dbname", database),
             ("sslmode", sslMode.rawValue), ("connect_timeout", String(connectTimeout)),
+            // A server that vanishes without closing the connection (a dead host, a cut
+            // network) is noticed within about a minute, not after the system's hours.
+            ("keepalives", "1"), ("keepalives_idle", "30"), ("keepalives_interval", "10"), ("keepalives_count", "3"),
+            ("tcp_user_timeout", "60000"),
         ]
         if let password { parameters.append(("password", password)) }
         if let applicationName { parameters.append(("application_name", applicationName)) }

@@ -475,7 +475,12 @@ private struct CatalogReader {
                 JOIN pg_namespace bn ON bn.oid = b.typnamespace
                 LEFT JOIN pg_type bb ON b.typtype = 'd' AND bb.oid = b.typbasetype
                 WHERE c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
-                  AND NOT (b.typnamespace = \(pgCatalog)
+                  -- Built-in types, but not catalog row types nor the OID alias types
+                  -- (regclass and the like), whose values name objects by OID: they would point
+                  -- at other objects, or none, in another database.
+                  AND NOT ((b.typnamespace = \(pgCatalog) AND b.typtype <> 'c'
+                            AND b.typname NOT IN ('regproc', 'regprocedure', 'regoper', 'regoperator', 'regclass', 'regcollation',
+                                                  'regtype', 'regrole', 'regnamespace', 'regconfig', 'regdictionary'))
                            OR (b.typnamespace = \(namespace)
                                AND (b.typtype = 'e' OR (b.typtype = 'd' AND bb.typnamespace = \(pgCatalog)))))
                 UNION ALL
