@@ -171,7 +171,8 @@ final class CopyRun: Sendable {
         // Binary COPY is only guaranteed between servers of one major version.
         let sameMajor = sourceVersion / 10000 == targetVersion / 10000 && !copy.hooks.textFormat
         let pipeline = CopyPipeline(run: self, statements: statements, tables: todo, sourceURL: sourceURL, snapshot: snapshot,
-                                    lockList: lockList, access: access, binaryAllowed: sameMajor)
+                                    lockList: lockList, access: access, binaryAllowed: sameMajor,
+                                    typeHashes: sameMajor && sourceVersion >= 140000)
         let copied = try await pipeline.run()
         try await snapshotSession.execute("COMMIT", logger: logger)
 
@@ -196,7 +197,20 @@ final class CopyRun: Sendable {
             script += statements.postData
             script.append("COMMIT")
             try Self.runScript(script, on: writer)
-            try Self.runScript(["SET search_path = \(quoted(self.copy.targetTenant))"] + statements.validations, on: writer)
+        }
+        // Each validation scans its table; they run side by side, `index` at once (two on one
+        // table take turns on its lock).
+        let lanes = max(1, min(copy.widths.index, statements.validations.count))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for lane in 0..<lanes {
+                let mine = statements.validations.enumerated().filter { $0.offset % lanes == lane }.map(\.element)
+                group.addTask {
+                    try await self.onWriter(access, "validating foreign keys") { writer in
+                        try Self.runScript(["SET search_path = \(quoted(self.copy.targetTenant))"] + mine, on: writer)
+                    }
+                }
+            }
+            try await group.waitForAll()
         }
         progress.setPhase("done")
         progress.setCurrent("")

@@ -24,10 +24,14 @@ final class CopyPipeline: Sendable {
     let lockList: String
     let access: (url: DatabaseURL, fenceCheck: String)
     let binaryAllowed: Bool
+    /// Whether checksums may hash columns with their types' hash functions (servers of one
+    /// major version, 14 or later); else whole rows are hashed as text.
+    let typeHashes: Bool
     private let tracker: Tracker
 
     init(run: CopyRun, statements: SchemaStatements, tables: [TableDefinition], sourceURL: DatabaseURL, snapshot: String,
-         lockList: String, access: (url: DatabaseURL, fenceCheck: String), binaryAllowed: Bool) {
+         lockList: String, access: (url: DatabaseURL, fenceCheck: String), binaryAllowed: Bool, typeHashes: Bool) {
+        self.typeHashes = typeHashes
         self.lockList = lockList
         self.run = run
         self.tables = tables
@@ -142,7 +146,8 @@ final class CopyPipeline: Sendable {
             try await context.checkpoints.save(TableCheckpoint(tenant: targetTenant, table: name, status: .copied, rowCount: total))
             progress.finished(Self.copying(name), done: false)
             progress.started(Self.finishing(name))
-            if await tracker.copied(item.table, rows: total) { progress.setPhase("indexes") }
+            let work = Self.finishWork(statements.indexes[name] ?? [])
+            if await tracker.copied(item.table, rows: total, builds: work.builds, attachments: work.attachments) { progress.setPhase("indexes") }
         }
     }
 
@@ -181,31 +186,45 @@ final class CopyPipeline: Sendable {
         let context = run.context
         let copy = run.copy
         var results: [TableResult] = []
-        while let (table, copiedRows) = await tracker.nextCopied() {
+        while let job = await tracker.nextFinishJob() {
             try Task.checkCancellation()
-            if reader == nil { reader = try await openReader() }
             if indexer == nil { indexer = try await openTargetSession(indexes: true) }
-            if checker == nil { checker = try await openTargetSession(indexes: false) }
-            guard let reader, let indexer, let checker else { break }
-            let name = table.name
-            let indexes = statements.indexes[name] ?? []
-            let tamper = copy.hooks.beforeVerify?(copy.targetTenant, name, context.attempt)
-            async let built: Void = step("building the indexes of table \(name)", [indexer]) {
-                for statement in indexes { try indexer.execute(statement) }
+            guard let indexer else { break }
+            let name = job.table.name
+            var sums: (source: TableChecksum, target: TableChecksum)?
+            switch job.work {
+            case .build(let statement):
+                try await step("building an index of table \(name)", [indexer]) { try indexer.execute(statement) }
+            case .checksums:
+                if reader == nil { reader = try await openReader() }
+                if checker == nil { checker = try await openTargetSession(indexes: false) }
+                guard let reader, let checker else { break }
+                let tamper = copy.hooks.beforeVerify?(copy.targetTenant, name, context.attempt)
+                let typeHashes = self.typeHashes
+                let rowHash = try await step("reading the columns of table \(name) on the source", [reader]) {
+                    try TableChecksum.rowHash(copy.sourceTenant, name, on: reader, typeHashes: typeHashes)
+                }
+                async let sourceSum = step("computing the checksum of table \(name) on the source", [reader]) {
+                    try TableChecksum.compute(copy.sourceTenant, name, rowHash: rowHash, on: reader)
+                }
+                async let targetSum = step("computing the checksum of table \(name) on the target", [checker]) {
+                    if let tamper { try checker.execute(tamper) }
+                    return try TableChecksum.compute(copy.targetTenant, name, rowHash: rowHash, on: checker)
+                }
+                sums = try await (sourceSum, targetSum)
             }
-            async let sourceSum = step("computing the checksum of table \(name) on the source", [reader]) {
-                try TableChecksum.compute(copy.sourceTenant, name, on: reader)
+            // The table's last job attaches its constraints to the built indexes and, with
+            // both checksums in, verifies it.
+            guard let finished = await tracker.finishJobDone(job, sums: sums) else { continue }
+            let attachments = finished.attachments
+            try await step("attaching the constraints of table \(name)", [indexer]) {
+                for statement in attachments { try indexer.execute(statement) }
             }
-            async let targetSum = step("computing the checksum of table \(name) on the target", [checker]) {
-                if let tamper { try checker.execute(tamper) }
-                return try TableChecksum.compute(copy.targetTenant, name, on: checker)
-            }
-            let (source, target) = try await (sourceSum, targetSum)
-            try await built
-            guard source == target, source.rows == copiedRows else {
+            let (source, target) = finished.sums
+            guard source == target, source.rows == finished.copiedRows else {
                 throw JobFailure(.dataLoss, """
                     table \(name) differs after the copy: the source has \(source) in the copy's snapshot, \
-                    the target has \(target)\(source.rows == copiedRows ? "" : " (COPY loaded \(copiedRows) rows)")
+                    the target has \(target)\(source.rows == finished.copiedRows ? "" : " (COPY loaded \(finished.copiedRows) rows)")
                     """, retryable: false)
             }
             try await context.checkpoints.save(TableCheckpoint(tenant: copy.targetTenant, table: name, status: .verified, rowCount: source.rows, checksum: source.sum))
@@ -218,6 +237,14 @@ final class CopyPipeline: Sendable {
             })
         }
         return results
+    }
+
+    /// Splits a table's post-copy statements into the index builds, which may run at once on
+    /// several sessions (each takes a SHARE lock, which do not conflict), and what attaches
+    /// constraints to them, which runs after every build.
+    static func finishWork(_ statements: [String]) -> (builds: [String], attachments: [String]) {
+        let builds = statements.filter { $0.hasPrefix("CREATE INDEX ") || $0.hasPrefix("CREATE UNIQUE INDEX ") }
+        return (builds, statements.filter { !builds.contains($0) })
     }
 
     private func step<T: Sendable>(_ what: String, _ connections: [PQConnection], _ body: @escaping @Sendable () throws -> T) async throws -> T {
@@ -262,17 +289,31 @@ final class CopyPipeline: Sendable {
     static func finishing(_ table: String) -> String { "\(table) (indexes, verify)" }
 }
 
-/// The queue of copy items, each table's ranges still copying, and the tables whose data is
-/// in, waiting for a finish worker.
+/// One piece of a table's work after its data is in: an index build, or both sides'
+/// checksums.
+struct FinishJob: Sendable {
+    enum Work: Sendable {
+        case build(String)
+        case checksums
+    }
+    var table: TableDefinition
+    var work: Work
+}
+
+/// The queue of copy items, each table's ranges still copying, and the finish jobs (index
+/// builds, checksums) of the tables whose data is in, for the finish workers.
 private actor Tracker {
     private var queue: [CopyPipeline.Item]
     private var partsLeft: [String: Int] = [:]
     private var rows: [String: Int64] = [:]
     private var started: Set<String> = []
     private var tablesLeftToCopy: Int
-    private var ready: [(TableDefinition, Int64)] = []
-    private var waiting: [CheckedContinuation<(TableDefinition, Int64)?, Never>] = []
+    private var jobs: [FinishJob] = []
+    private var waiting: [CheckedContinuation<FinishJob?, Never>] = []
     private var aborted = false
+    /// Per table whose data is in: its finish jobs not done yet, its constraint attachments,
+    /// and its checksums once computed.
+    private var finishing: [String: (left: Int, attachments: [String], sums: (TableChecksum, TableChecksum)?)] = [:]
     let itemCount: Int
 
     init(items: [CopyPipeline.Item]) {
@@ -284,27 +325,57 @@ private actor Tracker {
 
     func next() -> CopyPipeline.Item? { aborted ? nil : queue.popLast() }
 
-    /// Hands a table whose data is in to a finish worker; true when it was the last one.
-    func copied(_ table: TableDefinition, rows: Int64) -> Bool {
-        // Counted down only here, as the table is handed on: a finish worker that finds
-        // nothing ready waits until every table was handed out, not merely copied.
+    /// True the first time a table's item starts.
+    func start(_ table: String) -> Bool { started.insert(table).inserted }
+
+    /// Records a finished item; returns the table's row count once its last item finished
+    /// (the caller then hands the table on with ``copied(_:rows:builds:attachments:)``).
+    func finish(_ table: String, rows count: Int64) -> Int64? {
+        rows[table, default: 0] += count
+        partsLeft[table, default: 1] -= 1
+        guard partsLeft[table] == 0 else { return nil }
+        return rows[table]
+    }
+
+    /// Queues a copied table's finish jobs (its checksums first: they read what the index
+    /// builds read, while it is still cached); true when it was the last table to copy.
+    func copied(_ table: TableDefinition, rows: Int64, builds: [String], attachments: [String]) -> Bool {
+        // Counted down only here, as the table's jobs are queued: a finish worker that finds
+        // nothing queued waits until every table's jobs were, not merely its data copied.
         tablesLeftToCopy -= 1
-        if waiting.isEmpty {
-            ready.append((table, rows))
-        } else {
-            waiting.removeFirst().resume(returning: (table, rows))
+        self.rows[table.name] = rows
+        finishing[table.name] = (builds.count + 1, attachments, nil)
+        for job in [FinishJob(table: table, work: .checksums)] + builds.map({ FinishJob(table: table, work: .build($0)) }) {
+            if waiting.isEmpty {
+                jobs.append(job)
+            } else {
+                waiting.removeFirst().resume(returning: job)
+            }
         }
         if tablesLeftToCopy == 0 { wakeAll() }
         return tablesLeftToCopy == 0
     }
 
-    /// The next table to index and verify; nil once every table was handed out or the
-    /// pipeline failed.
-    func nextCopied() async -> (TableDefinition, Int64)? {
+    /// The next finish job; nil once every table's jobs were handed out or the pipeline
+    /// failed.
+    func nextFinishJob() async -> FinishJob? {
         if aborted { return nil }
-        if !ready.isEmpty { return ready.removeFirst() }
+        if !jobs.isEmpty { return jobs.removeFirst() }
         if tablesLeftToCopy == 0 { return nil }
         return await withCheckedContinuation { waiting.append($0) }
+    }
+
+    /// Records a finished job (with the checksums, for a checksum job); returns what
+    /// completes the table once it was its last.
+    func finishJobDone(_ job: FinishJob, sums: (source: TableChecksum, target: TableChecksum)?) -> (attachments: [String], sums: (TableChecksum, TableChecksum), copiedRows: Int64)? {
+        let name = job.table.name
+        guard var state = finishing[name] else { return nil }
+        state.left -= 1
+        if let sums { state.sums = (sums.source, sums.target) }
+        finishing[name] = state
+        guard state.left == 0, let computed = state.sums else { return nil }
+        finishing[name] = nil
+        return (state.attachments, computed, rows[name] ?? 0)
     }
 
     /// Ends the pipeline after a failure: no new item starts, and no finish worker waits.
@@ -317,17 +388,5 @@ private actor Tracker {
         let woken = waiting
         waiting = []
         for continuation in woken { continuation.resume(returning: nil) }
-    }
-
-    /// True the first time a table's item starts.
-    func start(_ table: String) -> Bool { started.insert(table).inserted }
-
-    /// Records a finished item; returns the table's row count once its last item finished
-    /// (the caller then hands the table on with ``copied(_:rows:)``).
-    func finish(_ table: String, rows count: Int64) -> Int64? {
-        rows[table, default: 0] += count
-        partsLeft[table, default: 1] -= 1
-        guard partsLeft[table] == 0 else { return nil }
-        return rows[table]
     }
 }
