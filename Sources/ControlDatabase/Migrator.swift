@@ -229,7 +229,31 @@ public struct Migrator: Sendable {
     }
 
     /// Runs a non-transactional migration under the lease; `false` when someone else did it.
+    ///
+    /// Behind a transaction pooler, the server connection the pooler hands our worker may be
+    /// one that another holder just terminated (it still carried an earlier worker's name):
+    /// the worker's first statement then fails with 57P01 while the lease is still ours. That
+    /// run is tried again, a few times; a non-transactional migration is written to be rerun
+    /// after an interruption (each index is dropped before it is built).
     private func applyUnderLease(_ migration: Migration, _ connection: PostgresConnection) async throws -> Bool {
+        var attempt = 1
+        while true {
+            do {
+                return try await applyUnderLeaseOnce(migration, connection)
+            } catch let error as TerminatedWhileHolding {
+                guard attempt < 4 else { throw Self.failure(of: migration, error: error.underlying) }
+                attempt += 1
+                logger.warning("a worker session was terminated while this process held the migration lease; running the migration again",
+                               metadata: ["migration": "\(migration.id)", "error": "\(String(reflecting: error.underlying))"])
+            }
+        }
+    }
+
+    private struct TerminatedWhileHolding: Error {
+        var underlying: any Error
+    }
+
+    private func applyUnderLeaseOnce(_ migration: Migration, _ connection: PostgresConnection) async throws -> Bool {
         let statements = try statements(of: migration)
         let lease = LeaseLock(table: Self.leaseTable, name: "migrations", owner: owner, duration: leaseDuration)
         try await acquire(lease, for: migration, connection)
@@ -285,6 +309,7 @@ public struct Migrator: Sendable {
             if !lost { lost = (try? await lease.isHeld(on: connection, logger: logger)) == false }
             try? await lease.release(on: connection, logger: logger)
             if lost { throw leaseLostError }
+            if (error as? PSQLError)?.sqlState == "57P01" { throw TerminatedWhileHolding(underlying: error) }
             throw Self.failure(of: migration, error: error)
         }
     }

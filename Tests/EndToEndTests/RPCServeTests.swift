@@ -124,12 +124,15 @@ import Testing
             #expect(await code(operatorClient, FerryMethods.startJob.info) == .invalidArgument)
             #expect(await code(operatorClient, FerryMethods.putInstance.info) == .permissionDenied)
             #expect(await code(admin, FerryMethods.putInstance.info) == .invalidArgument)
-            // ferryd itself has no job kinds yet (they come with the data mover): a well-formed
-            // StartJob is UNIMPLEMENTED, and nothing is admitted.
+            // ferryd runs clone but not export yet: a well-formed export StartJob is
+            // UNIMPLEMENTED, and nothing is admitted; a clone of an unregistered instance is
+            // planned, and refused NOT_FOUND.
+            let export: JSONValue = .object(["export": .object(["sourceInstance": .string("a"), "sourceTenant": .string("s")])])
+            #expect(await code(operatorClient, FerryMethods.startJob.info, export) == .unimplemented)
             let clone: JSONValue = .object(["clone": .object([
                 "sourceInstance": .string("a"), "sourceTenant": .string("s"), "targetInstance": .string("b"), "targetTenant": .string("t"),
             ])])
-            #expect(await code(operatorClient, FerryMethods.startJob.info, clone) == .unimplemented)
+            #expect(await code(operatorClient, FerryMethods.startJob.info, clone) == .notFound)
             #expect(await code(admin, FerryMethods.healthCheck.info) == .ok)
 
             let result = await server.stop()
