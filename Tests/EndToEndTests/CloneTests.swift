@@ -37,6 +37,23 @@ import Testing
         }
     }
 
+    /// The index of the replica running `job`.
+    private func runningReplica(of job: Job, _ replicas: Replicas) async throws -> Int {
+        let owner = try await replicas.query {
+            try await $0.execute("SELECT owner FROM jobs WHERE id = \(UUID(uuidString: job.id)!)", logger: logger).first!.decode(String.self)
+        }
+        return try #require(replicas.index(ofOwner: owner))
+    }
+
+    /// Waits until the leader fails `job` (retryably: its replica is gone or frozen), reruns
+    /// it, and returns the rerun once it ended.
+    private func rerunAfterTheLeaderFails(_ job: Job, _ client: FerryClient) async throws -> Job {
+        let failed = try await client.waitFor(job.id, timeout: .seconds(60)) { $0.status.isTerminal }
+        #expect(failed.status == .failed && failed.error.retryable, "\(failed)")
+        let rerun = try await client.rerun(job.id)
+        return try await client.waitFor(rerun.id, timeout: .seconds(120)) { $0.status.isTerminal }
+    }
+
     /// Registers a database of the second cluster as instance `far`.
     private func registerFarInstance(_ replicas: Replicas) async throws -> DatabaseURL {
         let far = try await TestPostgres.second.freshDatabase("far")
@@ -266,25 +283,58 @@ import Testing
             let xmins = "SELECT string_agg(DISTINCT xmin::text, ',') FROM app."
             var firstLoad: [String: String] = [:]
             for table in verified { firstLoad[table] = try await scalar(target, xmins + table) }
-            let owner = try await replicas.query {
-                try await $0.execute("SELECT owner FROM jobs WHERE id = \(UUID(uuidString: job.id)!)", logger: logger).first!.decode(String.self)
-            }
-            let killed = try #require(replicas.index(ofOwner: owner))
+            let killed = try await runningReplica(of: job, replicas)
             replicas.servers[killed].process.child.signal(SIGKILL)
 
             // The leader fails the dead replica's job (retryably); the rerun runs on the other.
             let client = try await replicas.client(1 - killed)
             defer { client.close() }
-            let failed = try await client.waitFor(job.id, timeout: .seconds(60)) { $0.status.isTerminal }
-            #expect(failed.status == .failed && failed.error.retryable, "\(failed)")
-            let rerun = try await client.rerun(job.id)
-            let done = try await client.waitFor(rerun.id, timeout: .seconds(120)) { $0.status.isTerminal }
+            let done = try await rerunAfterTheLeaderFails(job, client)
             #expect(done.status == .succeeded, "\(done.error)")
             for table in verified {
                 #expect(try await scalar(target, xmins + table) as String == firstLoad[table], "table \(table) was copied again")
             }
             #expect(try await TenantInspection.data(target, schema: "app") == TenantInspection.data(source, schema: "app"))
             #expect(done.result.tables.map(\.table) == ["a", "b", "c", "slow"])
+        }
+    }
+
+    /// The replica copying a large table is frozen (SIGSTOP) in the middle of its COPY; the
+    /// leader fails the job and the rerun, on the other replica, takes the target's fence,
+    /// which ends the frozen attempt's sessions there, and copies again. Thawed, the frozen
+    /// replica finds its libpq sessions gone and writes nothing more: the target ends with
+    /// exactly the source's rows, none twice.
+    @Test func aFrozenReplicaWritesNothingAfterTheRerunTookTheTarget() async throws {
+        try await Replicas.with(count: 2, instances: 2, environments: [Self.kinds, Self.kinds]) { replicas in
+            let source = replicas.instances["i0"]!
+            let target = replicas.instances["i1"]!
+            try await run(source, """
+                CREATE SCHEMA heavy;
+                CREATE TABLE heavy.t (id bigint PRIMARY KEY, pad text);
+                INSERT INTO heavy.t SELECT g, repeat(md5(g::text), 20) FROM generate_series(1, 400000) g;
+                """)
+            let starter = try await replicas.client(0)
+            let job = try await starter.startJob(request(("i0", "heavy"), ("i1", "heavy"), copyWidth: 1))
+            _ = try await starter.waitFor(job.id) { $0.progress.bytesCopied > 0 }
+            starter.close()
+            let frozen = try await runningReplica(of: job, replicas)
+            replicas.servers[frozen].process.child.signal(SIGSTOP)
+            var thawed = false
+            defer { if !thawed { replicas.servers[frozen].process.child.signal(SIGCONT) } }
+
+            let client = try await replicas.client(1 - frozen)
+            defer { client.close() }
+            let done = try await rerunAfterTheLeaderFails(job, client)
+            #expect(done.status == .succeeded, "\(done.error)")
+            let attemptOne = "SELECT count(*)::int FROM pg_stat_activity WHERE application_name = 'ferry \(job.rootJobID) 1'"
+            #expect(try await scalar(target, attemptOne) as Int == 0, "the frozen attempt still has sessions on the target")
+
+            replicas.servers[frozen].process.child.signal(SIGCONT)
+            thawed = true
+            try await Task.sleep(for: .seconds(3))
+            #expect(try await scalar(target, attemptOne) as Int == 0, "the thawed attempt opened a session on the target")
+            #expect(try await scalar(target, "SELECT count(*) FROM heavy.t") as Int64 == 400000)
+            #expect(try await TenantInspection.data(target, schema: "heavy") == TenantInspection.data(source, schema: "heavy"))
         }
     }
 
