@@ -232,9 +232,9 @@ public struct Migrator: Sendable {
     ///
     /// Behind a transaction pooler, the server connection the pooler hands our worker may be
     /// one that another holder just terminated (it still carried an earlier worker's name):
-    /// the worker's first statement then fails with 57P01 while the lease is still ours. That
-    /// run is tried again, a few times; a non-transactional migration is written to be rerun
-    /// after an interruption (each index is dropped before it is built).
+    /// the worker's statement then fails (57P01, or PgBouncer's 08P01) while the lease is
+    /// still ours. That run is tried again, a few times; a non-transactional migration is
+    /// written to be rerun after an interruption (each index is dropped before it is built).
     private func applyUnderLease(_ migration: Migration, _ connection: PostgresConnection) async throws -> Bool {
         var attempt = 1
         while true {
@@ -309,7 +309,11 @@ public struct Migrator: Sendable {
             if !lost { lost = (try? await lease.isHeld(on: connection, logger: logger)) == false }
             try? await lease.release(on: connection, logger: logger)
             if lost { throw leaseLostError }
-            if (error as? PSQLError)?.sqlState == "57P01" { throw TerminatedWhileHolding(underlying: error) }
+            // Our worker's session ended under us (terminated, or its pooled server connection
+            // broke: PgBouncer then answers 08P01) while the lease is still ours: run again.
+            if let state = (error as? PSQLError)?.sqlState, state == "57P01" || state.hasPrefix("08") {
+                throw TerminatedWhileHolding(underlying: error)
+            }
             throw Self.failure(of: migration, error: error)
         }
     }
