@@ -108,7 +108,7 @@ final class CopyRun: Sendable {
             SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = \(copy.sourceTenant) AND c.relkind = 'r'
             """, logger: logger).map { try $0.decode(String.self) }
-        let lockList = listed.sorted().map { qualified(copy.sourceTenant, $0) }.joined(separator: ", ")
+        let lockList = listed.sorted().map { quoteQualified(copy.sourceTenant, $0) }.joined(separator: ", ")
         try await snapshotSession.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: logger)
         if !listed.isEmpty {
             try await snapshotSession.execute("SET LOCAL lock_timeout = '10s'", logger: logger)
@@ -140,7 +140,7 @@ final class CopyRun: Sendable {
         let todo = schema.tables.filter { verified[$0.name] == nil }
         let targetVersion = try await onWriter(access, "creating the target schema") { writer in
             let version = Int((try writer.execute("SELECT current_setting('server_version_num')").first?.first ?? nil) ?? "") ?? 0
-            let exists = !(try writer.execute("SELECT 1 FROM pg_namespace WHERE nspname = \(DataSessions.literal(self.copy.targetTenant))")).isEmpty
+            let exists = !(try writer.execute("SELECT 1 FROM pg_namespace WHERE nspname = \(quoteLiteral(self.copy.targetTenant))")).isEmpty
             if claim == .new && exists {
                 throw JobFailure(.alreadyExists, "tenant \(self.copy.targetTenant) appeared on instance \(self.copy.targetInstance) after the plan and is not Ferry's", retryable: false)
             }
@@ -150,13 +150,13 @@ final class CopyRun: Sendable {
                     created and partly verified, no longer exists; drop nothing and start a new clone instead of a rerun
                     """, retryable: false)
             }
-            var script = ["BEGIN", "SET LOCAL search_path = \(quoted(self.copy.targetTenant))"]
+            var script = ["BEGIN", "SET LOCAL search_path = \(quoteIdent(self.copy.targetTenant))"]
             if !exists {
                 script += statements.prelude
                 for table in schema.tables { script += statements.createTable[table.name] ?? [] }
             } else {
                 for table in todo {
-                    script.append("DROP TABLE IF EXISTS \(qualified(self.copy.targetTenant, table.name)) CASCADE")
+                    script.append("DROP TABLE IF EXISTS \(quoteQualified(self.copy.targetTenant, table.name)) CASCADE")
                     script += statements.createTable[table.name] ?? []
                 }
             }
@@ -180,8 +180,8 @@ final class CopyRun: Sendable {
         try await onWriter(access, "adding foreign keys, sequence values, views and comments") { writer in
             // One transaction, and safe to run again: a rerun after a failure here (or in
             // the validations) starts this step over.
-            var script = ["BEGIN", "SET LOCAL search_path = \(quoted(self.copy.targetTenant))"]
-            let target = DataSessions.literal(self.copy.targetTenant)
+            var script = ["BEGIN", "SET LOCAL search_path = \(quoteIdent(self.copy.targetTenant))"]
+            let target = quoteLiteral(self.copy.targetTenant)
             for row in try writer.execute("""
                 SELECT format('ALTER TABLE %I.%I DROP CONSTRAINT %I', n.nspname, t.relname, c.conname)
                   FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
@@ -206,7 +206,7 @@ final class CopyRun: Sendable {
                 let mine = statements.validations.enumerated().filter { $0.offset % lanes == lane }.map(\.element)
                 group.addTask {
                     try await self.onWriter(access, "validating foreign keys") { writer in
-                        try Self.runScript(["SET search_path = \(quoted(self.copy.targetTenant))"] + mine, on: writer)
+                        try Self.runScript(["SET search_path = \(quoteIdent(self.copy.targetTenant))"] + mine, on: writer)
                     }
                 }
             }

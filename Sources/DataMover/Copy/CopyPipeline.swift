@@ -129,7 +129,7 @@ final class CopyPipeline: Sendable {
             }
             let pipe = pipe(for: item)
             let whole = item.blocks == nil
-            let table = qualified(targetTenant, name)
+            let table = quoteQualified(targetTenant, name)
             let progress = context.progress
             let rows: Int64
             do {
@@ -156,12 +156,12 @@ final class CopyPipeline: Sendable {
     func pipe(for item: Item) -> CopyPipe {
         let table = item.table
         let format = binaryAllowed && table.binarySafe ? "binary" : "text"
-        let columns = table.copyColumns.isEmpty ? "" : " (" + table.copyColumns.map(quoted).joined(separator: ", ") + ")"
-        let source = qualified(run.copy.sourceTenant, table.name)
-        let target = qualified(run.copy.targetTenant, table.name)
+        let columns = table.copyColumns.isEmpty ? "" : " (" + table.copyColumns.map(quoteIdent).joined(separator: ", ") + ")"
+        let source = quoteQualified(run.copy.sourceTenant, table.name)
+        let target = quoteQualified(run.copy.targetTenant, table.name)
         let copyOut: String
         if let blocks = item.blocks {
-            let selected = table.copyColumns.isEmpty ? "" : table.copyColumns.map(quoted).joined(separator: ", ")
+            let selected = table.copyColumns.isEmpty ? "" : table.copyColumns.map(quoteIdent).joined(separator: ", ")
             var condition = "ctid >= '(\(blocks.lower),0)'::tid"
             if let upper = blocks.upper { condition += " AND ctid < '(\(upper),0)'::tid" }
             copyOut = "COPY (SELECT \(selected) FROM ONLY \(source) WHERE \(condition)) TO STDOUT (FORMAT \(format))"
@@ -273,7 +273,7 @@ final class CopyPipeline: Sendable {
     private func openTargetSession(indexes: Bool) async throws -> PQConnection {
         let connection = try await run.openWriter(access)
         guard indexes else { return connection }
-        let setup = "SET search_path = \(quoted(run.copy.targetTenant)); SET maintenance_work_mem = '256MB'"
+        let setup = "SET search_path = \(quoteIdent(run.copy.targetTenant)); SET maintenance_work_mem = '256MB'"
         do {
             try await run.cancellable([connection]) { try connection.execute(setup) }
         } catch {

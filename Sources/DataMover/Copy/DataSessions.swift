@@ -41,8 +41,8 @@ enum DataSessions {
             try connection.execute(settings)
             try connection.execute("""
                 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-                SET TRANSACTION SNAPSHOT \(literal(snapshot));
-                SET LOCAL lock_timeout = \(literal(readerLockTimeout));
+                SET TRANSACTION SNAPSHOT \(quoteLiteral(snapshot));
+                SET LOCAL lock_timeout = \(quoteLiteral(readerLockTimeout));
                 """)
             if !tables.isEmpty { try connection.execute("LOCK TABLE \(tables) IN ACCESS SHARE MODE") }
             return connection
@@ -68,21 +68,6 @@ enum DataSessions {
             throw error
         }
     }
-
-    /// A SQL string literal (standard_conforming_strings).
-    static func literal(_ text: String) -> String {
-        "'" + text.replacingOccurrences(of: "'", with: "''") + "'"
-    }
-}
-
-/// A quoted SQL identifier, as PostgreSQL's quote_ident writes it when quoting is needed.
-func quoted(_ name: String) -> String {
-    "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\""
-}
-
-/// `schema.table`, both quoted.
-func qualified(_ schema: String, _ name: String) -> String {
-    quoted(schema) + "." + quoted(name)
 }
 
 extension DatabaseURL {

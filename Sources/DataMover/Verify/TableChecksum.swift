@@ -30,7 +30,7 @@ public struct TableChecksum: Sendable, Hashable, CustomStringConvertible {
                             WHERE m.amname = 'hash' AND o.opcdefault AND o.opcintype = a.atttypid)
                    AND (a.attcollation = 0 OR coalesce((SELECT c.collisdeterministic FROM pg_collation c WHERE c.oid = a.attcollation), false))
               FROM pg_attribute a
-             WHERE a.attrelid = \(DataSessions.literal(qualified(schema, table)))::regclass AND a.attnum > 0 AND NOT a.attisdropped
+             WHERE a.attrelid = \(quoteLiteral(quoteQualified(schema, table)))::regclass AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum
             """)
         // Enums hash their OIDs, which differ between databases: they have no default hash
@@ -46,7 +46,7 @@ public struct TableChecksum: Sendable, Hashable, CustomStringConvertible {
     }
 
     static func query(_ schema: String, _ table: String, rowHash: String) -> String {
-        "SELECT count(*), coalesce(sum(\(rowHash)), 0) FROM ONLY \(qualified(schema, table)) AS r"
+        "SELECT count(*), coalesce(sum(\(rowHash)), 0) FROM ONLY \(quoteQualified(schema, table)) AS r"
     }
 
     /// Computes the checksum of `schema.table` on `connection`. Blocks.
