@@ -120,6 +120,30 @@ let package = Package(
         // own so no event loop ever blocks.
         .target(name: "LibPQ", dependencies: ["CLibPQ"]),
 
+        // zstd (Debian's libzstd-dev), which compresses the data files of export archives.
+        .systemLibrary(
+            name: "CZstd",
+            pkgConfig: "libzstd",
+            providers: [.apt(["libzstd-dev"])]
+        ),
+
+        // The artifact store (the shared directory export archives live in), the artifact
+        // records in the control database, and the retention worker that deletes expired
+        // artifacts and old events (never resume state).
+        .target(
+            name: "Artifacts",
+            dependencies: [
+                "FerryCore",
+                "FerryRuntime",
+                "ControlDatabase",
+                "FerryProtocol",
+                "JobStore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
         // Jobs in the control database: records, events, the NOTIFY listener.
         .target(
             name: "JobStore",
@@ -165,12 +189,15 @@ let package = Package(
         ),
 
         // The data mover: the tenant schema reader and builder, the parallel COPY engine, the
-        // verification checksums, and the clone job kind built from them.
+        // verification checksums, the archive format, and the job kinds built from them.
         .target(
             name: "DataMover",
             dependencies: [
                 "FerryCore",
                 "LibPQ",
+                "CZstd",
+                "Artifacts",
+                .product(name: "Crypto", package: "swift-crypto"),
                 "ControlDatabase",
                 "FerryProtocol",
                 "JobStore",
@@ -210,6 +237,7 @@ let package = Package(
                 "Coordinator",
                 "Executors",
                 "Watch",
+                "Artifacts",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

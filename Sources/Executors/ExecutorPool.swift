@@ -231,7 +231,9 @@ public final class ExecutorPool: Service, Sendable {
         // Recorded even after a lost ownership: the update is guarded by owner and status, so
         // it does nothing if the job really is someone else's, and a false alarm (a slow
         // heartbeat) still records how the job ended instead of leaving it to the leader.
-        await recordOutcome(outcome, result: outcome.status == .succeeded ? job.result.value.withLock { $0 } : nil, for: id, logger: jobLogger)
+        // A kind's result is kept with SUCCEEDED and FAILED (a failed instance_replace lists
+        // each tenant's outcome); a cancelled job's is dropped.
+        await recordOutcome(outcome, result: outcome.status == .cancelled ? nil : job.result.value.withLock { $0 }, for: id, logger: jobLogger)
         // The slot is free: look for the next admitted job now, not at the next poll.
         wakeup.signal()
         await onFinished()

@@ -27,8 +27,9 @@ public struct JobContext: Sendable {
     let stopSignal: StopSignal
     let resultBox: ResultBox
 
-    /// Records what the job produced (a clone's verified tables, an export's artifact): it
-    /// becomes the job's `result` when the job succeeds, and is dropped otherwise.
+    /// Records what the job produced (a clone's verified tables, an export's artifact, an
+    /// instance_replace's tenant outcomes): it becomes the job's `result` when the job
+    /// succeeds or fails, and is dropped when it is cancelled.
     public func setResult(_ result: JobResult) { resultBox.value.withLock { $0 = result } }
 
     /// Why the job is being stopped, once it is (nil while it may run on).
@@ -123,6 +124,13 @@ public struct Checkpoints: Sendable {
         }
     }
 
+    /// Runs `write` (given the job's id and this replica's name) as a write that must only
+    /// happen while the job is still this replica's: the statement checks that itself and
+    /// returns whether it wrote. Throws `CancellationError` (and stops the job) when not.
+    public func write(_ write: @escaping @Sendable (PostgresConnection, _ job: UUID, _ owner: String) async throws -> Bool) async throws {
+        try await guarded { try await write($0, jobID, owner) }
+    }
+
     /// Runs an ownership-guarded write. A control database that cannot be reached is retried
     /// (a restart or a pooler blip must not fail a running job) for up to `patience`; by then
     /// the executor's own fence has stopped a job whose ownership it cannot confirm.
@@ -188,6 +196,9 @@ public final class ProgressCounters: Sendable {
             if let tenants { progress.tenantsTotal = tenants }
         }
     }
+
+    /// Adds to the totals (several tenants of one job, each adding its tables).
+    public func addTotals(tables: Int64 = 0) { update { progress, _ in progress.tablesTotal += tables } }
 
     /// Counts items already done by earlier attempts (resumed work).
     public func addDone(tables: Int64 = 0, tenants: Int64 = 0) {

@@ -102,6 +102,14 @@ public struct JobSettings: Sendable {
     /// Tables larger than this (bytes of their main fork) are split into block ranges of
     /// about this size that copy in parallel.
     public var splitTableBytes: Int64 = 256 << 20
+    /// How many tenants an instance_replace copies at once, unless the job says otherwise.
+    public var tenantWidth: Int = 2
+    /// The artifact store: the directory export jobs write archives to and import jobs read
+    /// them from (`--artifact-dir`). Every replica must see the same directory (a shared
+    /// filesystem); nil when none is configured (export and import are then refused).
+    public var artifactDirectory: String?
+    /// How long an archive is kept unless its export job says otherwise.
+    public var artifactTTL: Duration = .seconds(7 * 24 * 3600)
     public init() {}
 }
 

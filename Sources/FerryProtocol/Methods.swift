@@ -8,7 +8,7 @@ public enum Role: String, Comparable, Sendable, CaseIterable {
     case viewer
     /// Also Start, Rerun, Cancel.
     case `operator`
-    /// Also instance registration.
+    /// Also instance registration and artifact deletion.
     case admin
 
     private var rank: Int {
@@ -70,12 +70,16 @@ public enum FerryMethods {
     public static let putInstance = UnaryMethod<PutInstanceRequest, PutInstanceResponse>("ferry.v1.Instances/PutInstance", role: .admin)
     public static let listInstances = UnaryMethod<ListInstancesRequest, ListInstancesResponse>("ferry.v1.Instances/ListInstances", role: .viewer)
     public static let listTenants = UnaryMethod<ListTenantsRequest, ListTenantsResponse>("ferry.v1.Instances/ListTenants", role: .viewer)
+    public static let listArtifacts = UnaryMethod<ListArtifactsRequest, ListArtifactsResponse>("ferry.v1.Artifacts/ListArtifacts", role: .viewer)
+    public static let getArtifact = UnaryMethod<GetArtifactRequest, Artifact>("ferry.v1.Artifacts/GetArtifact", role: .viewer)
+    public static let deleteArtifact = UnaryMethod<DeleteArtifactRequest, Artifact>("ferry.v1.Artifacts/DeleteArtifact", role: .admin)
     public static let healthCheck = UnaryMethod<HealthCheckRequest, HealthCheckResponse>("ferry.v1.Health/Check", role: nil)
 
     /// All of them, for lookups by wire name.
     public static let all: [MethodInfo] = [
         startJob.info, rerunJob.info, watchJob.info, getJob.info, listJobs.info, cancelJob.info,
-        putInstance.info, listInstances.info, listTenants.info, healthCheck.info,
+        putInstance.info, listInstances.info, listTenants.info, listArtifacts.info, getArtifact.info, deleteArtifact.info,
+        healthCheck.info,
     ]
 
     private static let byName = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })

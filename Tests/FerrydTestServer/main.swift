@@ -154,22 +154,26 @@ var kinds = JobKinds()
 if names.contains("clone") { kinds.register(.clone) { _ in SteppingJob(steps: steps, totalMs: totalMs, recordRuns: recordRuns) } }
 // "realclone": the real clone kind, with the test hooks FERRY_TEST_CLONE_BEFORE_VERIFY
 // ("table:SQL", SQL with {schema} for the target schema, run before that table's checksum;
-// "table@1:SQL" only in attempt 1) and FERRY_TEST_CLONE_TEXT=1 (text format throughout).
-if names.contains("realclone") {
-    let hook = environment["FERRY_TEST_CLONE_BEFORE_VERIFY"].flatMap { spec -> (table: String, attempt: Int32?, sql: String)? in
+// "table@1:SQL" only in attempt 1; "tenant.table:SQL" only in that target tenant) and
+// FERRY_TEST_CLONE_TEXT=1 (text format throughout). The same hooks serve every real kind.
+let cloneHooks: CloneHooks = {
+    let hook = environment["FERRY_TEST_CLONE_BEFORE_VERIFY"].flatMap { spec -> (tenant: String?, table: String, attempt: Int32?, sql: String)? in
         guard let colon = spec.firstIndex(of: ":") else { return nil }
         let target = spec[..<colon].split(separator: "@")
-        return (String(target[0]), target.count > 1 ? Int32(target[1]) : nil, String(spec[spec.index(after: colon)...]))
+        let names = target[0].split(separator: ".", maxSplits: 1).map(String.init)
+        return (names.count > 1 ? names[0] : nil, names.last ?? "", target.count > 1 ? Int32(target[1]) : nil, String(spec[spec.index(after: colon)...]))
     }
     var beforeVerify: (@Sendable (String, String, Int32) -> String?)?
     if let hook {
         beforeVerify = { schema, table, attempt in
-            guard table == hook.table, hook.attempt == nil || hook.attempt == attempt else { return nil }
+            guard table == hook.table, hook.tenant == nil || hook.tenant == schema, hook.attempt == nil || hook.attempt == attempt else { return nil }
             return hook.sql.replacingOccurrences(of: "{schema}", with: "\"\(schema)\"")
         }
     }
-    let hooks = CloneHooks(beforeVerify: beforeVerify, textFormat: environment["FERRY_TEST_CLONE_TEXT"] == "1")
-    kinds.register(.clone) { resources in CloneKind(settings: resources.settings, hooks: hooks) }
+    return CloneHooks(beforeVerify: beforeVerify, textFormat: environment["FERRY_TEST_CLONE_TEXT"] == "1")
+}()
+if names.contains("realclone") {
+    kinds.register(.clone) { resources in CloneKind(settings: resources.settings, hooks: cloneHooks) }
 }
 if names.contains("export") { kinds.register(.export) { _ in SteppingJob(steps: steps, totalMs: totalMs, recordRuns: recordRuns) } }
 await FerrydMain.main(kinds: kinds, adjust: { installAdmissionHold(&$0) })

@@ -20,8 +20,14 @@ public struct TenantCopy: Sendable {
     public var targetTenant: String
     public var widths: CopyWidths
     public var hooks: CloneHooks
+    /// True when this copy is one of several tenants of one job copying at once
+    /// (instance_replace): it then only adds its tables, rows and bytes to the job's
+    /// progress, and leaves the phase and the items in flight to the job.
+    public var sharesProgress: Bool
 
-    public init(sourceInstance: String, sourceTenant: String, targetInstance: String, targetTenant: String, widths: CopyWidths, hooks: CloneHooks = CloneHooks()) {
+    public init(sourceInstance: String, sourceTenant: String, targetInstance: String, targetTenant: String, widths: CopyWidths,
+                hooks: CloneHooks = CloneHooks(), sharesProgress: Bool = false) {
+        self.sharesProgress = sharesProgress
         self.sourceInstance = sourceInstance
         self.sourceTenant = sourceTenant
         self.targetInstance = targetInstance
@@ -74,19 +80,48 @@ public struct CloneHooks: Sendable {
     }
 }
 
+/// Where one tenant copy reports progress: alone (clone, import) it owns the job's figures;
+/// as one of several tenants copying at once (instance_replace) it only adds to the counts,
+/// and the job shows its tenants in flight instead of their tables and phases.
+struct CopyProgress: Sendable {
+    let counters: ProgressCounters
+    let shared: Bool
+
+    func setPhase(_ phase: String) { if !shared { counters.setPhase(phase) } }
+    func setCurrent(_ text: String) { if !shared { counters.setCurrent(text) } }
+    func add(rows: Int64 = 0, bytes: Int64 = 0) { counters.add(rows: rows, bytes: bytes) }
+    func started(_ item: String) { if !shared { counters.started(item) } }
+
+    func finished(_ item: String, done: Bool = true) {
+        if !shared {
+            counters.finished(item, done: done)
+        } else if done {
+            counters.addDone(tables: 1)
+        }
+    }
+
+    /// The tenant's table count, and how many of them earlier attempts finished.
+    func tables(total: Int64, alreadyDone: Int64) {
+        if shared { counters.addTotals(tables: total) } else { counters.setTotals(tables: total) }
+        counters.addDone(tables: alreadyDone)
+    }
+}
+
 /// One attempt of a tenant copy.
 final class CopyRun: Sendable {
     let copy: TenantCopy
     let context: JobContext
+    let progress: CopyProgress
     var logger: Logger { context.logger }
 
     init(copy: TenantCopy, context: JobContext) {
         self.copy = copy
         self.context = context
+        self.progress = CopyProgress(counters: context.progress, shared: copy.sharesProgress)
     }
 
     func run() async throws -> [TableResult] {
-        let progress = context.progress
+        let progress = self.progress
         progress.setPhase("schema")
         progress.setCurrent(copy.targetTenant)
         let claim = try await context.checkpoints.claimTenant(instance: copy.targetInstance, tenant: copy.targetTenant)
@@ -165,8 +200,7 @@ final class CopyRun: Sendable {
             return version
         }
 
-        progress.setTotals(tables: Int64(schema.tables.count))
-        progress.addDone(tables: Int64(schema.tables.count - todo.count))
+        progress.tables(total: Int64(schema.tables.count), alreadyDone: Int64(schema.tables.count - todo.count))
         if !todo.isEmpty { progress.setPhase("data") }
         // Binary COPY is only guaranteed between servers of one major version.
         let sameMajor = sourceVersion / 10000 == targetVersion / 10000 && !copy.hooks.textFormat

@@ -124,13 +124,13 @@ final class CopyPipeline: Sendable {
             if target == nil { target = try await run.openWriter(access) }
             guard let source, let target else { break }
             if await tracker.start(name) {
-                context.progress.started(Self.copying(name))
+                run.progress.started(Self.copying(name))
                 try await context.checkpoints.save(TableCheckpoint(tenant: targetTenant, table: name, status: .copying))
             }
             let pipe = pipe(for: item)
             let whole = item.blocks == nil
             let table = quoteQualified(targetTenant, name)
-            let progress = context.progress
+            let progress = run.progress
             let rows: Int64
             do {
                 rows = try await run.cancellable([source, target]) {
@@ -228,7 +228,7 @@ final class CopyPipeline: Sendable {
                     """, retryable: false)
             }
             try await context.checkpoints.save(TableCheckpoint(tenant: copy.targetTenant, table: name, status: .verified, rowCount: source.rows, checksum: source.sum))
-            context.progress.finished(Self.finishing(name))
+            run.progress.finished(Self.finishing(name))
             results.append(TableResult.with {
                 $0.tenant = copy.targetTenant
                 $0.table = name

@@ -209,6 +209,59 @@ public nonisolated enum JobEventType: SwiftProtobuf.Enum, Swift.CaseIterable {
 
 }
 
+/// How one tenant of an instance_replace ended.
+public nonisolated enum TenantStatus: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// Not set. Never sent.
+  case unspecified // = 0
+
+  /// Copied and every table verified; reruns of the lineage skip it.
+  case tenantSucceeded // = 1
+
+  /// Failed (see TenantOutcome.error); a rerun copies it again, resuming per
+  /// table.
+  case tenantFailed // = 2
+
+  /// Not finished by this attempt: the job stopped (cancelled, or failed
+  /// elsewhere) before the tenant ended.
+  case tenantNotFinished // = 3
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .tenantSucceeded
+    case 2: self = .tenantFailed
+    case 3: self = .tenantNotFinished
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .tenantSucceeded: return 1
+    case .tenantFailed: return 2
+    case .tenantNotFinished: return 3
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [TenantStatus] = [
+    .unspecified,
+    .tenantSucceeded,
+    .tenantFailed,
+    .tenantNotFinished,
+  ]
+
+}
+
 /// Parameters of a clone job: copy source tenant to target tenant.
 public nonisolated struct CloneParams: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -259,6 +312,20 @@ public nonisolated struct ExportParams: Sendable {
   /// Name of the tenant (schema) to export.
   public var sourceTenant: String = String()
 
+  /// How long the archive is kept before the retention worker deletes it, in
+  /// seconds; 0 takes the server's default (`ferryd serve --artifact-ttl`,
+  /// 7 days). At most 10 years.
+  public var ttlSeconds: Int64 = 0
+
+  /// How many tables, or block ranges of a split table, are written at once;
+  /// 0 takes the server's default (`--copy-width`).
+  public var copyWidth: UInt32 = 0
+
+  /// A table whose data is larger than this many bytes is written as several
+  /// files of block ranges, in parallel (and loads in parallel on import); 0
+  /// takes the server's default (`--split-table-bytes`).
+  public var splitTableBytes: Int64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -279,6 +346,14 @@ public nonisolated struct ImportParams: Sendable {
   /// Name of the tenant to create; must not exist yet (unless an earlier
   /// attempt of the same lineage created it).
   public var targetTenant: String = String()
+
+  /// How many archive files load at once; 0 takes the server's default
+  /// (`--copy-width`).
+  public var copyWidth: UInt32 = 0
+
+  /// How many index builds run at once, alongside the loads; 0 takes the
+  /// server's default (`--index-width`).
+  public var indexWidth: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -301,6 +376,19 @@ public nonisolated struct InstanceReplaceParams: Sendable {
   /// Optional filter: only these tenants of the source instance. Empty means
   /// every tenant.
   public var tenants: [String] = []
+
+  /// How many tenants are copied at once; 0 takes the server's default
+  /// (`ferryd serve --tenant-width`).
+  public var tenantWidth: UInt32 = 0
+
+  /// Per tenant, as CloneParams.copy_width.
+  public var copyWidth: UInt32 = 0
+
+  /// Per tenant, as CloneParams.index_width.
+  public var indexWidth: UInt32 = 0
+
+  /// Per tenant, as CloneParams.split_table_bytes.
+  public var splitTableBytes: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -665,7 +753,8 @@ public nonisolated struct Job: @unchecked Sendable {
     set {_uniqueStorage()._createdBy = newValue}
   }
 
-  /// What the job produced; set once it SUCCEEDED.
+  /// What the job produced: set once it SUCCEEDED, and for a FAILED
+  /// instance_replace (each tenant's outcome).
   public var result: JobResult {
     get {_storage._result ?? JobResult()}
     set {_uniqueStorage()._result = newValue}
@@ -693,9 +782,72 @@ public nonisolated struct JobResult: Sendable {
   /// table.
   public var tables: [TableResult] = []
 
+  /// export: the id of the artifact (archive) the job wrote; see the Artifacts
+  /// service.
+  public var artifactID: String = String()
+
+  /// instance_replace: every tenant of the job, with the outcome its lineage
+  /// reached (a tenant an earlier attempt finished keeps that attempt's
+  /// outcome), sorted by tenant.
+  public var tenants: [TenantOutcome] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+}
+
+/// One tenant of an instance_replace and its outcome.
+public nonisolated struct TenantOutcome: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The tenant's name (the same on source and target).
+  public var tenant: String = String()
+
+  /// How it ended.
+  public var status: TenantStatus = .unspecified
+
+  /// Why it failed; set only when status is TENANT_FAILED.
+  public var error: JobError {
+    get {_error ?? JobError()}
+    set {_error = newValue}
+  }
+  /// Returns true if `error` has been explicitly set.
+  public var hasError: Bool {self._error != nil}
+  /// Clears the value of `error`. Subsequent reads from it will return its default value.
+  public mutating func clearError() {self._error = nil}
+
+  /// When its copy started and ended (control database clock of the attempt
+  /// that recorded the outcome).
+  public var startedAt: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_startedAt ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_startedAt = newValue}
+  }
+  /// Returns true if `startedAt` has been explicitly set.
+  public var hasStartedAt: Bool {self._startedAt != nil}
+  /// Clears the value of `startedAt`. Subsequent reads from it will return its default value.
+  public mutating func clearStartedAt() {self._startedAt = nil}
+
+  public var finishedAt: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_finishedAt ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_finishedAt = newValue}
+  }
+  /// Returns true if `finishedAt` has been explicitly set.
+  public var hasFinishedAt: Bool {self._finishedAt != nil}
+  /// Clears the value of `finishedAt`. Subsequent reads from it will return its default value.
+  public mutating func clearFinishedAt() {self._finishedAt = nil}
+
+  /// Id of the job (attempt of the lineage) that recorded this outcome.
+  public var jobID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _error: JobError? = nil
+  fileprivate var _startedAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+  fileprivate var _finishedAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
 /// One verified table.
@@ -880,6 +1032,10 @@ nonisolated extension JobEventType: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0JOB_EVENT_TYPE_UNSPECIFIED\0\u{1}SNAPSHOT\0\u{1}PROGRESS\0\u{1}STATUS\0")
 }
 
+nonisolated extension TenantStatus: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0TENANT_STATUS_UNSPECIFIED\0\u{1}TENANT_SUCCEEDED\0\u{1}TENANT_FAILED\0\u{1}TENANT_NOT_FINISHED\0")
+}
+
 nonisolated extension CloneParams: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CloneParams"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}source_instance\0\u{3}source_tenant\0\u{3}target_instance\0\u{3}target_tenant\0\u{3}copy_width\0\u{3}index_width\0\u{3}split_table_bytes\0")
@@ -942,7 +1098,7 @@ nonisolated extension CloneParams: SwiftProtobuf.Message, SwiftProtobuf._Message
 
 nonisolated extension ExportParams: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ExportParams"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}source_instance\0\u{3}source_tenant\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}source_instance\0\u{3}source_tenant\0\u{3}ttl_seconds\0\u{3}copy_width\0\u{3}split_table_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -952,6 +1108,9 @@ nonisolated extension ExportParams: SwiftProtobuf.Message, SwiftProtobuf._Messag
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.sourceInstance) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.sourceTenant) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.ttlSeconds) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.copyWidth) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.splitTableBytes) }()
       default: break
       }
     }
@@ -964,12 +1123,24 @@ nonisolated extension ExportParams: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if !self.sourceTenant.isEmpty {
       try visitor.visitSingularStringField(value: self.sourceTenant, fieldNumber: 2)
     }
+    if self.ttlSeconds != 0 {
+      try visitor.visitSingularInt64Field(value: self.ttlSeconds, fieldNumber: 3)
+    }
+    if self.copyWidth != 0 {
+      try visitor.visitSingularUInt32Field(value: self.copyWidth, fieldNumber: 4)
+    }
+    if self.splitTableBytes != 0 {
+      try visitor.visitSingularInt64Field(value: self.splitTableBytes, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: ExportParams, rhs: ExportParams) -> Bool {
     if lhs.sourceInstance != rhs.sourceInstance {return false}
     if lhs.sourceTenant != rhs.sourceTenant {return false}
+    if lhs.ttlSeconds != rhs.ttlSeconds {return false}
+    if lhs.copyWidth != rhs.copyWidth {return false}
+    if lhs.splitTableBytes != rhs.splitTableBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -977,7 +1148,7 @@ nonisolated extension ExportParams: SwiftProtobuf.Message, SwiftProtobuf._Messag
 
 nonisolated extension ImportParams: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ImportParams"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}artifact_id\0\u{3}target_instance\0\u{3}target_tenant\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}artifact_id\0\u{3}target_instance\0\u{3}target_tenant\0\u{3}copy_width\0\u{3}index_width\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -988,6 +1159,8 @@ nonisolated extension ImportParams: SwiftProtobuf.Message, SwiftProtobuf._Messag
       case 1: try { try decoder.decodeSingularStringField(value: &self.artifactID) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.targetInstance) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.targetTenant) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.copyWidth) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.indexWidth) }()
       default: break
       }
     }
@@ -1003,6 +1176,12 @@ nonisolated extension ImportParams: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if !self.targetTenant.isEmpty {
       try visitor.visitSingularStringField(value: self.targetTenant, fieldNumber: 3)
     }
+    if self.copyWidth != 0 {
+      try visitor.visitSingularUInt32Field(value: self.copyWidth, fieldNumber: 4)
+    }
+    if self.indexWidth != 0 {
+      try visitor.visitSingularUInt32Field(value: self.indexWidth, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1010,6 +1189,8 @@ nonisolated extension ImportParams: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if lhs.artifactID != rhs.artifactID {return false}
     if lhs.targetInstance != rhs.targetInstance {return false}
     if lhs.targetTenant != rhs.targetTenant {return false}
+    if lhs.copyWidth != rhs.copyWidth {return false}
+    if lhs.indexWidth != rhs.indexWidth {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1017,7 +1198,7 @@ nonisolated extension ImportParams: SwiftProtobuf.Message, SwiftProtobuf._Messag
 
 nonisolated extension InstanceReplaceParams: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".InstanceReplaceParams"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}source_instance\0\u{3}target_instance\0\u{1}tenants\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}source_instance\0\u{3}target_instance\0\u{1}tenants\0\u{3}tenant_width\0\u{3}copy_width\0\u{3}index_width\0\u{3}split_table_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1028,6 +1209,10 @@ nonisolated extension InstanceReplaceParams: SwiftProtobuf.Message, SwiftProtobu
       case 1: try { try decoder.decodeSingularStringField(value: &self.sourceInstance) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.targetInstance) }()
       case 3: try { try decoder.decodeRepeatedStringField(value: &self.tenants) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.tenantWidth) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.copyWidth) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.indexWidth) }()
+      case 7: try { try decoder.decodeSingularInt64Field(value: &self.splitTableBytes) }()
       default: break
       }
     }
@@ -1043,6 +1228,18 @@ nonisolated extension InstanceReplaceParams: SwiftProtobuf.Message, SwiftProtobu
     if !self.tenants.isEmpty {
       try visitor.visitRepeatedStringField(value: self.tenants, fieldNumber: 3)
     }
+    if self.tenantWidth != 0 {
+      try visitor.visitSingularUInt32Field(value: self.tenantWidth, fieldNumber: 4)
+    }
+    if self.copyWidth != 0 {
+      try visitor.visitSingularUInt32Field(value: self.copyWidth, fieldNumber: 5)
+    }
+    if self.indexWidth != 0 {
+      try visitor.visitSingularUInt32Field(value: self.indexWidth, fieldNumber: 6)
+    }
+    if self.splitTableBytes != 0 {
+      try visitor.visitSingularInt64Field(value: self.splitTableBytes, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1050,6 +1247,10 @@ nonisolated extension InstanceReplaceParams: SwiftProtobuf.Message, SwiftProtobu
     if lhs.sourceInstance != rhs.sourceInstance {return false}
     if lhs.targetInstance != rhs.targetInstance {return false}
     if lhs.tenants != rhs.tenants {return false}
+    if lhs.tenantWidth != rhs.tenantWidth {return false}
+    if lhs.copyWidth != rhs.copyWidth {return false}
+    if lhs.indexWidth != rhs.indexWidth {return false}
+    if lhs.splitTableBytes != rhs.splitTableBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1650,7 +1851,7 @@ nonisolated extension Job: SwiftProtobuf.Message, SwiftProtobuf._MessageImplemen
 
 nonisolated extension JobResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tables\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tables\0\u{3}artifact_id\0\u{1}tenants\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1659,6 +1860,8 @@ nonisolated extension JobResult: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.tables) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.artifactID) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.tenants) }()
       default: break
       }
     }
@@ -1668,11 +1871,78 @@ nonisolated extension JobResult: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
     if !self.tables.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.tables, fieldNumber: 1)
     }
+    if !self.artifactID.isEmpty {
+      try visitor.visitSingularStringField(value: self.artifactID, fieldNumber: 2)
+    }
+    if !self.tenants.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.tenants, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: JobResult, rhs: JobResult) -> Bool {
     if lhs.tables != rhs.tables {return false}
+    if lhs.artifactID != rhs.artifactID {return false}
+    if lhs.tenants != rhs.tenants {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension TenantOutcome: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TenantOutcome"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tenant\0\u{1}status\0\u{1}error\0\u{3}started_at\0\u{3}finished_at\0\u{3}job_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.tenant) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.status) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._error) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._startedAt) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._finishedAt) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.tenant.isEmpty {
+      try visitor.visitSingularStringField(value: self.tenant, fieldNumber: 1)
+    }
+    if self.status != .unspecified {
+      try visitor.visitSingularEnumField(value: self.status, fieldNumber: 2)
+    }
+    try { if let v = self._error {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try { if let v = self._startedAt {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    try { if let v = self._finishedAt {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: TenantOutcome, rhs: TenantOutcome) -> Bool {
+    if lhs.tenant != rhs.tenant {return false}
+    if lhs.status != rhs.status {return false}
+    if lhs._error != rhs._error {return false}
+    if lhs._startedAt != rhs._startedAt {return false}
+    if lhs._finishedAt != rhs._finishedAt {return false}
+    if lhs.jobID != rhs.jobID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
