@@ -33,7 +33,7 @@ public protocol JobRunner: Sendable {
 
 /// Why a job cannot be admitted, found before anything is admitted. The server answers
 /// each with its ferry/1 status code (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
-/// FAILED_PRECONDITION, UNAVAILABLE).
+/// FAILED_PRECONDITION, UNAVAILABLE, DATA_LOSS).
 public enum PlanRefusal: Error, Sendable, Equatable {
     /// A parameter is missing or malformed: the field and what is wrong with it.
     case invalidArgument(field: String, message: String)
@@ -45,11 +45,25 @@ public enum PlanRefusal: Error, Sendable, Equatable {
     case failedPrecondition([String])
     /// An instance or the control database could not be asked; retry.
     case unavailable(String)
+    /// What the job would read is damaged (an archive that does not match its checksum).
+    case dataLoss(String)
+
+    /// The ferry/1 status code the refusal is answered with.
+    public var code: StatusCode {
+        switch self {
+        case .invalidArgument: .invalidArgument
+        case .notFound: .notFound
+        case .alreadyExists: .alreadyExists
+        case .failedPrecondition: .failedPrecondition
+        case .unavailable: .unavailable
+        case .dataLoss: .dataLoss
+        }
+    }
 
     public var message: String {
         switch self {
         case .invalidArgument(let field, let message): "\(field) \(message)"
-        case .notFound(let message), .alreadyExists(let message), .unavailable(let message): message
+        case .notFound(let message), .alreadyExists(let message), .unavailable(let message), .dataLoss(let message): message
         case .failedPrecondition(let problems): problems.joined(separator: "; ")
         }
     }

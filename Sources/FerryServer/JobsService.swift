@@ -226,6 +226,7 @@ extension PlanRefusal {
         case .failedPrecondition(let problems):
             RPCError(.failedPrecondition, message, details: .object(["problems": .array(problems.map(JSONValue.string))]))
         case .unavailable: RPCError(.unavailable, message)
+        case .dataLoss: RPCError(.dataLoss, message)
         }
     }
 }

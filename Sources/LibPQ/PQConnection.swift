@@ -157,6 +157,10 @@ public final class PQConnection: @unchecked Sendable {
         guard PQresultStatus(result) == status else { throw Self.resultError(result) }
     }
 
+    /// The rows the last COPY OUT sent (its `COPY n` tag), once ``readCopyData(_:)`` returned
+    /// false.
+    public private(set) var copyOutRows: Int64 = 0
+
     /// Reads the next COPY OUT message (one row) and hands its bytes to `body`; the buffer is
     /// libpq's and valid only during the call. Returns false at the end of the data, after
     /// checking the COPY's result. Blocks.
@@ -169,7 +173,7 @@ public final class PQConnection: @unchecked Sendable {
             return true
         }
         if count == -1 {
-            try finishCommand()
+            copyOutRows = try finishCommand()
             return false
         }
         throw connectionError()

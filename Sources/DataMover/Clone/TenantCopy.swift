@@ -8,14 +8,22 @@ import Logging
 import PostgresNIO
 
 /// Copies one tenant to a target tenant: the schema, then the data of every table through
-/// libpq COPY pipes, indexes and verification pipelined behind the copies, then foreign keys,
-/// sequence values, views and comments. Resumes per table: a table the lineage verified
-/// before is not touched; any other is dropped and copied again from zero.
+/// libpq COPY (from the source's exported snapshot, or from an export's archive), indexes and
+/// verification pipelined behind the copies, then foreign keys, sequence values, views and
+/// comments. Resumes per table: a table the lineage verified before is not touched; any other
+/// is dropped and copied again from zero.
 ///
-/// The clone kind runs one of these; instance_replace runs one per tenant.
+/// The clone kind runs one of these; instance_replace runs one per tenant; import runs one
+/// from an archive.
 public struct TenantCopy: Sendable {
-    public var sourceInstance: String
-    public var sourceTenant: String
+    /// Where the tenant comes from.
+    public enum Source: Sendable {
+        /// A live tenant, read in one exported snapshot.
+        case tenant(instance: String, tenant: String)
+        /// An export's archive, checked against its manifest before anything is written.
+        case archive(ImportArchive)
+    }
+    public var source: Source
     public var targetInstance: String
     public var targetTenant: String
     public var widths: CopyWidths
@@ -25,15 +33,28 @@ public struct TenantCopy: Sendable {
     /// progress, and leaves the phase and the items in flight to the job.
     public var sharesProgress: Bool
 
-    public init(sourceInstance: String, sourceTenant: String, targetInstance: String, targetTenant: String, widths: CopyWidths,
+    public init(source: Source, targetInstance: String, targetTenant: String, widths: CopyWidths,
                 hooks: CloneHooks = CloneHooks(), sharesProgress: Bool = false) {
-        self.sharesProgress = sharesProgress
-        self.sourceInstance = sourceInstance
-        self.sourceTenant = sourceTenant
+        self.source = source
         self.targetInstance = targetInstance
         self.targetTenant = targetTenant
         self.widths = widths
         self.hooks = hooks
+        self.sharesProgress = sharesProgress
+    }
+
+    public init(sourceInstance: String, sourceTenant: String, targetInstance: String, targetTenant: String, widths: CopyWidths,
+                hooks: CloneHooks = CloneHooks(), sharesProgress: Bool = false) {
+        self.init(source: .tenant(instance: sourceInstance, tenant: sourceTenant), targetInstance: targetInstance,
+                  targetTenant: targetTenant, widths: widths, hooks: hooks, sharesProgress: sharesProgress)
+    }
+
+    /// The source, as error messages name it.
+    var sourceDescription: String {
+        switch source {
+        case .tenant(let instance, let tenant): "tenant \(tenant) on instance \(instance)"
+        case .archive(let archive): "artifact \(archive.record.id.uuidString.lowercased())"
+        }
     }
 
     /// Runs the copy for this attempt and returns every table's verified result (the ones
@@ -128,42 +149,28 @@ final class CopyRun: Sendable {
         let earlier = try await context.checkpoints.tables().filter { $0.tenant == copy.targetTenant }
         var verified = Dictionary(earlier.filter { $0.status == .verified }.map { ($0.table, $0) }, uniquingKeysWith: { a, _ in a })
 
-        // The snapshot every source read uses, and the schema as of that instant. The tables
-        // are locked (ACCESS SHARE, as pg_dump does) *before* the snapshot is taken, so no
-        // table rewritten or truncated between the two is copied as it was before; the locks
-        // keep DDL off them until the last source read is done. The exporting transaction
-        // stays open that long, with nothing set to end it while it idles.
-        let snapshotSession = try await context.instances.open(copy.sourceInstance)
-        defer { Task { [instances = context.instances] in await instances.close(snapshotSession) } }
-        for setting in ["SET idle_in_transaction_session_timeout = 0", "SET statement_timeout = 0",
-                        "SELECT set_config('idle_session_timeout', '0', false) WHERE current_setting('server_version_num')::int >= 140000"] {
-            try await snapshotSession.execute(PostgresQuery(unsafeSQL: setting), logger: logger)
+        // Where the data comes from: the live source's snapshot (held until the last read),
+        // or the checked archive.
+        let data: CopyPipeline.DataSource
+        let schema: TenantSchema
+        let sourceVersion: Int
+        var snapshot: SourceSnapshot?
+        switch copy.source {
+        case .tenant(let instance, let tenant):
+            let taken = try await SourceSnapshot.take(instance: instance, tenant: tenant, context)
+            snapshot = taken
+            schema = taken.schema
+            sourceVersion = taken.serverVersion
+            data = .snapshot(taken, url: try await context.instances.sessionURL(instance))
+        case .archive(let archive):
+            schema = archive.schema
+            sourceVersion = archive.manifest.source.serverVersion
+            data = .archive(archive)
         }
-        let listed = try await snapshotSession.execute("""
-            SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = \(copy.sourceTenant) AND c.relkind = 'r'
-            """, logger: logger).map { try $0.decode(String.self) }
-        let lockList = listed.sorted().map { quoteQualified(copy.sourceTenant, $0) }.joined(separator: ", ")
-        try await snapshotSession.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: logger)
-        if !listed.isEmpty {
-            try await snapshotSession.execute("SET LOCAL lock_timeout = '10s'", logger: logger)
-            try await snapshotSession.execute(PostgresQuery(unsafeSQL: "LOCK TABLE \(lockList) IN ACCESS SHARE MODE"), logger: logger)
+        defer {
+            if let session = snapshot?.session { Task { [instances = context.instances] in await instances.close(session) } }
         }
-        let snapshot = try await snapshotSession.execute("SELECT pg_export_snapshot()", logger: logger).first?.decode(String.self) ?? ""
-        let exists = try await snapshotSession.execute("SELECT 1 FROM pg_namespace WHERE nspname = \(copy.sourceTenant)", logger: logger)
-        guard !exists.isEmpty else {
-            throw JobFailure(.notFound, "tenant \(copy.sourceTenant) no longer exists on instance \(copy.sourceInstance)", retryable: false)
-        }
-        let schema = try await SchemaReader.read(tenant: copy.sourceTenant, on: snapshotSession, logger: logger)
-        guard schema.unsupported.isEmpty else {
-            throw JobFailure(.failedPrecondition, "tenant \(copy.sourceTenant) holds objects Ferry cannot copy: " + schema.unsupported.joined(separator: "; "), retryable: false)
-        }
-        guard Set(schema.tables.map(\.name)) == Set(listed) else {
-            throw JobFailure(.unavailable, "the tables of tenant \(copy.sourceTenant) changed while the clone started; rerun", retryable: true)
-        }
-        let sourceVersion = try await snapshotSession.execute("SELECT current_setting('server_version_num')::int", logger: logger).first?.decode(Int.self) ?? 0
         let statements = schema.statements(into: copy.targetTenant)
-        let sourceURL = try await context.instances.sessionURL(copy.sourceInstance)
         let access = try await context.instances.writerAccess(copy.targetInstance, tenant: copy.targetTenant)
 
         // The target schema, created whole in one transaction, or (resuming into this
@@ -202,13 +209,25 @@ final class CopyRun: Sendable {
 
         progress.tables(total: Int64(schema.tables.count), alreadyDone: Int64(schema.tables.count - todo.count))
         if !todo.isEmpty { progress.setPhase("data") }
-        // Binary COPY is only guaranteed between servers of one major version.
+        // Binary COPY is only guaranteed between servers of one major version; an archive's
+        // files are in the format its manifest names.
         let sameMajor = sourceVersion / 10000 == targetVersion / 10000 && !copy.hooks.textFormat
-        let pipeline = CopyPipeline(run: self, statements: statements, tables: todo, sourceURL: sourceURL, snapshot: snapshot,
-                                    lockList: lockList, access: access, binaryAllowed: sameMajor,
-                                    typeHashes: sameMajor && sourceVersion >= 140000)
+        let typeHashes: Bool
+        switch data {
+        case .snapshot: typeHashes = sameMajor && sourceVersion >= 140000
+        case .archive(let archive):
+            typeHashes = archive.checksumMethod == .typeHashes
+            if typeHashes && targetVersion < 140000 {
+                throw JobFailure(.failedPrecondition, """
+                    the archive's checksums hash column values with hash_record_extended, which instance \(copy.targetInstance) \
+                    (PostgreSQL \(targetVersion / 10000)) does not have: import it into PostgreSQL 14 or later
+                    """, retryable: false)
+            }
+        }
+        let pipeline = CopyPipeline(run: self, statements: statements, tables: todo, data: data, access: access,
+                                    binaryAllowed: sameMajor, typeHashes: typeHashes)
         let copied = try await pipeline.run()
-        try await snapshotSession.execute("COMMIT", logger: logger)
+        try await snapshot?.end()
 
         progress.setPhase("constraints")
         try await onWriter(access, "adding foreign keys, sequence values, views and comments") { writer in
@@ -285,35 +304,42 @@ final class CopyRun: Sendable {
     /// Runs blocking libpq work on its own thread; cancelling the task cancels the
     /// statements of `connections` on their servers.
     func cancellable<T: Sendable>(_ connections: [PQConnection], _ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try Task.checkCancellation()
-        return try await withTaskCancellationHandler {
-            try await PQThread.run(body)
-        } onCancel: {
-            for connection in connections { connection.cancel() }
-        }
+        try await runBlocking(cancelling: connections, body)
     }
 
     /// The job failure an error of this attempt stands for.
     func failure(_ error: any Error) -> any Error {
         if context.stopReason != nil || error is CancellationError { return CancellationError() }
         if error is JobFailure { return error }
-        if let refusal = error as? PlanRefusal {
-            switch refusal {
-            case .notFound(let message): return JobFailure(.notFound, message, retryable: false)
-            case .unavailable(let message): return JobFailure(.unavailable, message, retryable: true)
-            default: return JobFailure(.failedPrecondition, refusal.message, retryable: false)
-            }
+        if let error = error as? ArchiveFile.Failure {
+            return JobFailure(.dataLoss, "reading \(copy.sourceDescription): \(error)", retryable: false)
         }
+        if let refusal = error as? PlanRefusal {
+            return JobFailure(refusal.code, refusal.message, retryable: refusal.code == .unavailable)
+        }
+        return JobFailure.dataPath(error, reading: copy.sourceDescription)
+    }
+}
+
+extension JobFailure {
+    /// The failure an error of the data path (libpq, or PostgresNIO reading `source`) stands for.
+    static func dataPath(_ error: any Error, reading source: String) -> JobFailure {
         let (state, lost, message): (String?, Bool, String) = {
             if let error = error as? StepError { return (error.underlying.sqlState, error.underlying.connectionLost, "\(error.step): \(error.underlying.message)") }
             if let error = error as? PQError { return (error.sqlState, error.connectionLost, error.message) }
             if let error = error as? PSQLError {
-                let described = DatabaseError(running: "reading instance \(copy.sourceInstance)", error: error)
+                let described = DatabaseError(running: "reading \(source)", error: error)
                 return (described.sqlState, described.code == .connectionLost || described.code == .unreachable, described.message)
             }
             return (nil, false, "\(error)")
         }()
-        if lost { return JobFailure(.unavailable, message, retryable: true) }
+        return classify(state: state, connectionLost: lost, message: message)
+    }
+
+    /// The failure a database error of the data path stands for, by its SQLSTATE class:
+    /// what a rerun may get past is retryable (UNAVAILABLE), anything else is not (INTERNAL).
+    static func classify(state: String?, connectionLost: Bool, message: String) -> JobFailure {
+        if connectionLost { return JobFailure(.unavailable, message, retryable: true) }
         switch state.map({ String($0.prefix(2)) }) {
         case "08", "57", "53", "40", "55":
             // Lost connections, terminated or cancelled sessions, a server short of

@@ -10,7 +10,8 @@ import LibPQ
 /// table's data is in, its indexes build and both sides' checksums compute, `index` tables at
 /// once, alongside the copies still running.
 ///
-/// Every source read sees the job's exported snapshot. A whole table loads in one target
+/// Every source read sees the job's exported snapshot; an import reads the archive's files
+/// instead, and compares each table with the checksums its manifest holds. A whole table loads in one target
 /// transaction that truncates it first, so its COPY runs with FREEZE (rows are written
 /// already frozen, and with `wal_level = minimal` not logged at all); the ranges of a split
 /// table load in their own transactions, in parallel.
@@ -18,10 +19,7 @@ final class CopyPipeline: Sendable {
     let run: CopyRun
     let tables: [TableDefinition]
     let statements: SchemaStatements
-    let sourceURL: DatabaseURL
-    let snapshot: String
-    /// The source tables every reader locks, qualified and comma-separated.
-    let lockList: String
+    let data: DataSource
     let access: (url: DatabaseURL, fenceCheck: String)
     let binaryAllowed: Bool
     /// Whether checksums may hash columns with their types' hash functions (servers of one
@@ -29,27 +27,64 @@ final class CopyPipeline: Sendable {
     let typeHashes: Bool
     private let tracker: Tracker
 
-    init(run: CopyRun, statements: SchemaStatements, tables: [TableDefinition], sourceURL: DatabaseURL, snapshot: String,
-         lockList: String, access: (url: DatabaseURL, fenceCheck: String), binaryAllowed: Bool, typeHashes: Bool) {
+    init(run: CopyRun, statements: SchemaStatements, tables: [TableDefinition], data: DataSource,
+         access: (url: DatabaseURL, fenceCheck: String), binaryAllowed: Bool, typeHashes: Bool) {
         self.typeHashes = typeHashes
-        self.lockList = lockList
         self.run = run
         self.tables = tables
         self.statements = statements
-        self.sourceURL = sourceURL
-        self.snapshot = snapshot
+        self.data = data
         self.access = access
         self.binaryAllowed = binaryAllowed
-        self.tracker = Tracker(items: Self.items(tables, splitBytes: run.copy.widths.splitTableBytes))
+        switch data {
+        case .snapshot: self.tracker = Tracker(items: Self.items(tables, splitBytes: run.copy.widths.splitTableBytes))
+        case .archive(let archive): self.tracker = Tracker(items: Self.items(tables, archive: archive))
+        }
     }
 
-    /// One COPY: a whole table, or a block range of a split one.
+    /// Where the rows come from.
+    enum DataSource: Sendable {
+        /// The source tenant in its snapshot, read by sessions of `url`.
+        case snapshot(SourceSnapshot, url: DatabaseURL)
+        /// An archive's files.
+        case archive(ImportArchive)
+
+        /// Where the source's figures come from, for messages.
+        var origin: String {
+            switch self {
+            case .snapshot: "in the copy's snapshot"
+            case .archive: "in the archive's manifest"
+            }
+        }
+    }
+
+    /// One COPY: a whole table, a block range of a split one, or one archive file.
     struct Item: Sendable {
         var table: TableDefinition
         /// Blocks `[lower, upper)` of the table; nil for the whole table. The last range has
         /// no upper bound, so rows in blocks added since the size was read are not missed.
         var blocks: (lower: Int64, upper: Int64?)?
         var weight: Int64
+        /// The archive file that holds the item's rows (imports).
+        var file: ArchiveManifest.File? = nil
+        /// False when the table's data is in several items (ranges or files), which load in
+        /// their own transactions side by side; true for a whole table, which loads with FREEZE.
+        var whole: Bool { blocks == nil && file == nil }
+    }
+
+    /// The items of an import: a file each (a table's several files load side by side),
+    /// largest first.
+    static func items(_ tables: [TableDefinition], archive: ImportArchive) -> [Item] {
+        var items: [Item] = []
+        for table in tables {
+            let files = archive.manifest.tables.first { $0.name == table.name }?.files ?? []
+            if files.count == 1 {
+                items.append(Item(table: table, blocks: nil, weight: files[0].rawBytes))
+            } else {
+                items += files.map { Item(table: table, blocks: nil, weight: $0.rawBytes, file: $0) }
+            }
+        }
+        return items.sorted { $0.weight > $1.weight }
     }
 
     /// The items, largest first: the biggest work starts first, so no table is left to run
@@ -120,24 +155,37 @@ final class CopyPipeline: Sendable {
         let targetTenant = run.copy.targetTenant
         while let item = await tracker.next() {
             let name = item.table.name
-            if source == nil { source = try await openReader() }
+            if source == nil, case .snapshot = data { source = try await openReader() }
             if target == nil { target = try await run.openWriter(access) }
-            guard let source, let target else { break }
+            guard let target else { break }
             if await tracker.start(name) {
                 run.progress.started(Self.copying(name))
                 try await context.checkpoints.save(TableCheckpoint(tenant: targetTenant, table: name, status: .copying))
             }
             let pipe = pipe(for: item)
-            let whole = item.blocks == nil
+            let whole = item.whole
             let table = quoteQualified(targetTenant, name)
             let progress = run.progress
             let rows: Int64
             do {
-                rows = try await run.cancellable([source, target]) {
-                    if whole { try target.execute("BEGIN; TRUNCATE \(table)") }
-                    let (rows, _) = try pipe.run(from: source, to: target) { rows, bytes in progress.add(rows: rows, bytes: bytes) }
-                    if whole { try target.execute("COMMIT") }
-                    return rows
+                switch data {
+                case .snapshot:
+                    guard let source else { return }
+                    rows = try await run.cancellable([source, target]) {
+                        if whole { try target.execute("BEGIN; TRUNCATE \(table)") }
+                        let (rows, _) = try pipe.run(from: source, to: target) { rows, bytes in progress.add(rows: rows, bytes: bytes) }
+                        if whole { try target.execute("COMMIT") }
+                        return rows
+                    }
+                case .archive(let archive):
+                    let files = item.file.map { [$0] } ?? archive.files(of: name)
+                    rows = try await run.cancellable([target]) {
+                        if whole { try target.execute("BEGIN; TRUNCATE \(table)") }
+                        let rows = try archive.load(files, into: target, copyIn: pipe.copyIn) { bytes in progress.add(bytes: bytes) }
+                        if whole { try target.execute("COMMIT") }
+                        progress.add(rows: rows)
+                        return rows
+                    }
                 }
             } catch let error as PQError {
                 throw StepError(step: "copying table \(name)", underlying: error)
@@ -155,21 +203,34 @@ final class CopyPipeline: Sendable {
     /// and the table's binary form names no database-specific type OID, text otherwise.
     func pipe(for item: Item) -> CopyPipe {
         let table = item.table
-        let format = binaryAllowed && table.binarySafe ? "binary" : "text"
-        let columns = table.copyColumns.isEmpty ? "" : " (" + table.copyColumns.map(quoteIdent).joined(separator: ", ") + ")"
-        let source = quoteQualified(run.copy.sourceTenant, table.name)
-        let target = quoteQualified(run.copy.targetTenant, table.name)
-        let copyOut: String
-        if let blocks = item.blocks {
-            let selected = table.copyColumns.isEmpty ? "" : table.copyColumns.map(quoteIdent).joined(separator: ", ")
-            var condition = "ctid >= '(\(blocks.lower),0)'::tid"
-            if let upper = blocks.upper { condition += " AND ctid < '(\(upper),0)'::tid" }
-            copyOut = "COPY (SELECT \(selected) FROM ONLY \(source) WHERE \(condition)) TO STDOUT (FORMAT \(format))"
-        } else {
-            copyOut = "COPY \(source)\(columns) TO STDOUT (FORMAT \(format))"
+        let format: String
+        let sourceTenant: String
+        switch data {
+        case .snapshot(let snapshot, _):
+            format = binaryAllowed && table.binarySafe ? "binary" : "text"
+            sourceTenant = snapshot.tenant
+        case .archive(let archive):
+            format = archive.manifest.tables.first { $0.name == table.name }?.copyFormat ?? "text"
+            sourceTenant = archive.manifest.source.tenant
         }
-        let freeze = item.blocks == nil ? ", FREEZE" : ""
-        return CopyPipe(copyOut: copyOut, copyIn: "COPY \(target)\(columns) FROM STDIN (FORMAT \(format)\(freeze))")
+        let columns = table.copyColumns.isEmpty ? "" : " (" + table.copyColumns.map(quoteIdent).joined(separator: ", ") + ")"
+        let freeze = item.whole ? ", FREEZE" : ""
+        let copyIn = "COPY \(quoteQualified(run.copy.targetTenant, table.name))\(columns) FROM STDIN (FORMAT \(format)\(freeze))"
+        return CopyPipe(copyOut: Self.copyOut(item, from: sourceTenant, format: format), copyIn: copyIn)
+    }
+
+    /// The source's `COPY … TO STDOUT` of an item (a whole table, or a block range).
+    static func copyOut(_ item: Item, from tenant: String, format: String) -> String {
+        let table = item.table
+        let source = quoteQualified(tenant, table.name)
+        guard let blocks = item.blocks else {
+            let columns = table.copyColumns.isEmpty ? "" : " (" + table.copyColumns.map(quoteIdent).joined(separator: ", ") + ")"
+            return "COPY \(source)\(columns) TO STDOUT (FORMAT \(format))"
+        }
+        let selected = table.copyColumns.map(quoteIdent).joined(separator: ", ")
+        var condition = "ctid >= '(\(blocks.lower),0)'::tid"
+        if let upper = blocks.upper { condition += " AND ctid < '(\(upper),0)'::tid" }
+        return "COPY (SELECT \(selected) FROM ONLY \(source) WHERE \(condition)) TO STDOUT (FORMAT \(format))"
     }
 
     // MARK: Indexes and verification
@@ -196,22 +257,36 @@ final class CopyPipeline: Sendable {
             case .build(let statement):
                 try await step("building an index of table \(name)", [indexer]) { try indexer.execute(statement) }
             case .checksums:
-                if reader == nil { reader = try await openReader() }
                 if checker == nil { checker = try await openTargetSession(indexes: false) }
-                guard let reader, let checker else { break }
+                guard let checker else { break }
                 let tamper = copy.hooks.beforeVerify?(copy.targetTenant, name, context.attempt)
                 let typeHashes = self.typeHashes
-                let rowHash = try await step("reading the columns of table \(name) on the source", [reader]) {
-                    try TableChecksum.rowHash(copy.sourceTenant, name, on: reader, typeHashes: typeHashes)
+                switch data {
+                case .snapshot(let snapshot, _):
+                    if reader == nil { reader = try await openReader() }
+                    guard let reader else { break }
+                    let rowHash = try await step("reading the columns of table \(name) on the source", [reader]) {
+                        try TableChecksum.rowHash(snapshot.tenant, name, on: reader, typeHashes: typeHashes)
+                    }
+                    async let sourceSum = step("computing the checksum of table \(name) on the source", [reader]) {
+                        try TableChecksum.compute(snapshot.tenant, name, rowHash: rowHash, on: reader)
+                    }
+                    async let targetSum = step("computing the checksum of table \(name) on the target", [checker]) {
+                        if let tamper { try checker.execute(tamper) }
+                        return try TableChecksum.compute(copy.targetTenant, name, rowHash: rowHash, on: checker)
+                    }
+                    sums = try await (sourceSum, targetSum)
+                case .archive(let archive):
+                    // The export computed the source's side in its snapshot; the target's hash
+                    // expression is built from the target's own catalog, which the archive's
+                    // schema made column for column.
+                    let targetSum = try await step("computing the checksum of table \(name) on the target", [checker]) {
+                        if let tamper { try checker.execute(tamper) }
+                        let rowHash = try TableChecksum.rowHash(copy.targetTenant, name, on: checker, typeHashes: typeHashes)
+                        return try TableChecksum.compute(copy.targetTenant, name, rowHash: rowHash, on: checker)
+                    }
+                    sums = (archive.checksum(of: name), targetSum)
                 }
-                async let sourceSum = step("computing the checksum of table \(name) on the source", [reader]) {
-                    try TableChecksum.compute(copy.sourceTenant, name, rowHash: rowHash, on: reader)
-                }
-                async let targetSum = step("computing the checksum of table \(name) on the target", [checker]) {
-                    if let tamper { try checker.execute(tamper) }
-                    return try TableChecksum.compute(copy.targetTenant, name, rowHash: rowHash, on: checker)
-                }
-                sums = try await (sourceSum, targetSum)
             }
             // The table's last job attaches its constraints to the built indexes and, with
             // both checksums in, verifies it.
@@ -223,7 +298,7 @@ final class CopyPipeline: Sendable {
             let (source, target) = finished.sums
             guard source == target, source.rows == finished.copiedRows else {
                 throw JobFailure(.dataLoss, """
-                    table \(name) differs after the copy: the source has \(source) in the copy's snapshot, \
+                    table \(name) differs after the copy: the source has \(source) \(data.origin), \
                     the target has \(target)\(source.rows == finished.copiedRows ? "" : " (COPY loaded \(finished.copiedRows) rows)")
                     """, retryable: false)
             }
@@ -258,12 +333,13 @@ final class CopyPipeline: Sendable {
     // MARK: Sessions
 
     private func openReader() async throws -> PQConnection {
+        guard case .snapshot(let snapshot, let url) = data else { throw PQError("an import has no source reader") }
         do {
-            return try await run.cancellable([]) { [sourceURL, snapshot, lockList] in
-                try DataSessions.reader(sourceURL, snapshot: snapshot, tables: lockList)
+            return try await run.cancellable([]) { [snapshot, url] in
+                try DataSessions.reader(url, snapshot: snapshot.id, tables: snapshot.lockList)
             }
         } catch let error as PQError {
-            throw StepError(step: "opening a reader of instance \(run.copy.sourceInstance)", underlying: error)
+            throw StepError(step: "opening a reader of instance \(snapshot.instance)", underlying: error)
         }
     }
 

@@ -86,3 +86,14 @@ extension DatabaseURL {
         return parameters
     }
 }
+
+/// Runs blocking libpq (or file) work on its own thread; cancelling the task cancels the
+/// statements of `connections` on their servers, so the work ends promptly.
+func runBlocking<T: Sendable>(cancelling connections: [PQConnection], _ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try Task.checkCancellation()
+    return try await withTaskCancellationHandler {
+        try await PQThread.run(body)
+    } onCancel: {
+        for connection in connections { connection.cancel() }
+    }
+}

@@ -194,7 +194,7 @@ private struct StatementBuilder {
         }
         for view in catalog.views {
             comment("VIEW \(name(view.name))", view.comment)
-            for (column, text) in view.columnComments { comment("COLUMN \(name(view.name)).\(quoteIdent(column))", text) }
+            for entry in view.columnComments { comment("COLUMN \(name(view.name)).\(quoteIdent(entry.column))", entry.comment) }
         }
         return comments
     }

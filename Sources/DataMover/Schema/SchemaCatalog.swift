@@ -1,10 +1,11 @@
 /// What ``SchemaReader`` reads of a tenant's catalog beyond ``TableDefinition``: everything
-/// ``TenantSchema/statements(into:)`` needs to recreate the supported objects.
+/// ``TenantSchema/statements(into:)`` needs to recreate the supported objects. Codable: an
+/// export archive's manifest carries it, and an import builds the target from it.
 ///
 /// Expressions, types and view bodies are as the server deparsed them with `search_path` set
 /// to the tenant alone, so the tenant's own objects appear unqualified and resolve in whatever
 /// schema the statements run against. Names are unquoted.
-struct SchemaCatalog: Sendable {
+struct SchemaCatalog: Sendable, Codable {
     var schemaComment: String?
     var enums: [EnumType] = []
     var domains: [DomainType] = []
@@ -18,14 +19,14 @@ struct SchemaCatalog: Sendable {
     var views: [ViewDefinition] = []
 }
 
-struct EnumType: Sendable {
+struct EnumType: Sendable, Codable {
     var name: String
     /// In `enumsortorder`.
     var labels: [String]
     var comment: String?
 }
 
-struct DomainType: Sendable {
+struct DomainType: Sendable, Codable {
     var name: String
     /// `format_type` of the base type with its modifier.
     var baseType: String
@@ -38,7 +39,7 @@ struct DomainType: Sendable {
 }
 
 /// A CHECK constraint of a table or domain.
-struct CheckConstraint: Sendable {
+struct CheckConstraint: Sendable, Codable {
     var name: String
     /// `pg_get_constraintdef`, e.g. `CHECK ((a > 0))`; it ends in ` NOT VALID` when the source
     /// holds the constraint unvalidated.
@@ -47,7 +48,7 @@ struct CheckConstraint: Sendable {
     var comment: String?
 }
 
-struct SequenceDefinition: Sendable {
+struct SequenceDefinition: Sendable, Codable {
     var name: String
     var unlogged: Bool
     /// `format_type` of `seqtypid`.
@@ -61,13 +62,13 @@ struct SequenceDefinition: Sendable {
     var lastValue: Int64
     var isCalled: Bool
     /// The column an identity sequence belongs to, or the column a sequence is `OWNED BY`.
-    var owner: (table: String, column: String)?
+    var owner: ColumnReference?
     /// True for a column's identity sequence, which the column creates itself.
     var identity: Bool
     var comment: String?
 }
 
-struct TableModel: Sendable {
+struct TableModel: Sendable, Codable {
     var name: String
     var unlogged: Bool
     /// `pg_class.reloptions` entries, `key=value`.
@@ -82,7 +83,7 @@ struct TableModel: Sendable {
     var comment: String?
 }
 
-struct ColumnModel: Sendable {
+struct ColumnModel: Sendable, Codable {
     var name: String
     /// `format_type` with the modifier.
     var type: String
@@ -96,7 +97,7 @@ struct ColumnModel: Sendable {
     var comment: String?
 }
 
-struct IndexModel: Sendable {
+struct IndexModel: Sendable, Codable {
     var name: String
     /// `pg_get_indexdef`, which names the source schema: ``prefix`` is its exact start.
     var definition: String
@@ -110,7 +111,7 @@ struct IndexModel: Sendable {
     var comment: String?
 }
 
-struct IndexConstraint: Sendable {
+struct IndexConstraint: Sendable, Codable {
     var name: String
     var primaryKey: Bool
     var deferrable: Bool
@@ -118,7 +119,7 @@ struct IndexConstraint: Sendable {
     var comment: String?
 }
 
-struct ForeignKey: Sendable {
+struct ForeignKey: Sendable, Codable {
     var table: String
     var name: String
     /// `pg_get_constraintdef`: `FOREIGN KEY (…) REFERENCES …`, ending in ` NOT VALID` when the
@@ -128,12 +129,24 @@ struct ForeignKey: Sendable {
     var comment: String?
 }
 
-struct ViewDefinition: Sendable {
+struct ViewDefinition: Sendable, Codable {
     var name: String
     /// `pg_get_viewdef` without its final semicolon.
     var query: String
     var options: [String]
     var comment: String?
     /// Comments on the view's columns, in column order.
-    var columnComments: [(column: String, comment: String)]
+    var columnComments: [ColumnComment]
+}
+
+/// A column of one of the tenant's tables.
+struct ColumnReference: Sendable, Codable {
+    var table: String
+    var column: String
+}
+
+/// A comment on a view's column.
+struct ColumnComment: Sendable, Codable {
+    var column: String
+    var comment: String
 }

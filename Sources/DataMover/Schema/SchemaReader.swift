@@ -268,8 +268,8 @@ private struct CatalogReader {
             let (name, unlogged, type, increment, minValue, maxValue, start, cache, cycle, ownerTable, ownerColumn,
                  identity, comment) =
                 try row.decode((String, Bool, String, Int64, Int64, Int64, Int64, Int64, Bool, String?, String?, Bool, String?).self)
-            var owner: (table: String, column: String)?
-            if let ownerTable, let ownerColumn, tables.contains(ownerTable) { owner = (ownerTable, ownerColumn) }
+            var owner: ColumnReference?
+            if let ownerTable, let ownerColumn, tables.contains(ownerTable) { owner = ColumnReference(table: ownerTable, column: ownerColumn) }
             if identity && owner == nil { continue }
             let state = try await rows("SELECT last_value, is_called FROM \(quoteQualified(tenant, name))")
             guard let (lastValue, isCalled) = try state.first?.decode((Int64, Bool).self) else {
@@ -328,7 +328,7 @@ private struct CatalogReader {
             var query = definition.trimmingCharacters(in: .whitespacesAndNewlines)
             if query.hasSuffix(";") { query.removeLast() }
             views[oid] = ViewDefinition(name: name, query: query, options: options, comment: comment,
-                                        columnComments: Array(zip(commentedColumns, columnComments)))
+                                        columnComments: zip(commentedColumns, columnComments).map { ColumnComment(column: $0, comment: $1) })
             order.append(oid)
             reads[oid] = Set(dependencies)
         }

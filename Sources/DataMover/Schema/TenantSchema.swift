@@ -34,7 +34,7 @@ public struct TenantSchema: Sendable {
 }
 
 /// One table of a tenant, as the copy engine needs it.
-public struct TableDefinition: Sendable, Hashable {
+public struct TableDefinition: Sendable, Hashable, Codable {
     /// The table's name (unquoted).
     public var name: String
     /// The columns COPY moves, in attribute order, unquoted: every column except generated

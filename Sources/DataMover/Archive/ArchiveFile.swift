@@ -1,0 +1,167 @@
+import CZstd
+import Crypto
+import Foundation
+
+/// One data file of an archive: COPY data compressed as a single zstd frame. The writer
+/// hashes (SHA-256) and counts the bytes it writes, the reader the bytes it reads, so the
+/// manifest can name every file's exact content and an import can check it.
+///
+/// Both block (plain `write(2)`/`read(2)` and zstd calls): run them on a `PQThread`.
+enum ArchiveFile {
+    /// zstd level 1: on two cores the export is bound by compression, and level 1 keeps
+    /// pace with the source's COPY while still making archives smaller than pg_dump's gzip.
+    static let compressionLevel: Int32 = 1
+
+    /// A failure to write or read an archive file, naming the file.
+    struct Failure: Error, CustomStringConvertible {
+        var file: String
+        var message: String
+        var description: String { "\(file): \(message)" }
+    }
+
+    /// The checksum and size of a finished file.
+    struct Digest: Sendable, Hashable {
+        var sha256: String
+        var bytes: Int64
+    }
+
+    /// Writes COPY data to a new file through zstd.
+    final class Writer {
+        let path: String
+        private let descriptor: Int32
+        private let context: OpaquePointer
+        private var hash = SHA256()
+        private var written: Int64 = 0
+        /// Uncompressed bytes gathered before each compression call: the source hands over
+        /// one small message per row.
+        private let input: UnsafeMutableRawBufferPointer
+        private var used = 0
+        private let output: UnsafeMutableRawBufferPointer
+        private(set) var rawBytes: Int64 = 0
+
+        /// Creates `path`, which must not exist.
+        init(path: String) throws {
+            self.path = path
+            descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o640)
+            guard descriptor >= 0 else { throw Failure(file: path, message: "cannot create: \(String(cString: strerror(errno)))") }
+            guard let context = ZSTD_createCCtx() else {
+                close(descriptor)
+                throw Failure(file: path, message: "zstd could not allocate a compression context")
+            }
+            self.context = context
+            ZSTD_CCtx_setParameter(context, ZSTD_c_compressionLevel, ArchiveFile.compressionLevel)
+            ZSTD_CCtx_setParameter(context, ZSTD_c_checksumFlag, 1)
+            input = .allocate(byteCount: 1 << 20, alignment: 16)
+            output = .allocate(byteCount: ZSTD_CStreamOutSize(), alignment: 16)
+        }
+
+        deinit {
+            ZSTD_freeCCtx(context)
+            input.deallocate()
+            output.deallocate()
+            if descriptor >= 0 { close(descriptor) }
+        }
+
+        /// Adds uncompressed bytes.
+        func append(_ bytes: UnsafeRawBufferPointer) throws {
+            rawBytes += Int64(bytes.count)
+            if used + bytes.count > input.count {
+                try compress(UnsafeRawBufferPointer(rebasing: input[0..<used]), end: false)
+                used = 0
+            }
+            if bytes.count > input.count {
+                try compress(bytes, end: false)
+            } else {
+                UnsafeMutableRawBufferPointer(rebasing: input[used..<(used + bytes.count)]).copyMemory(from: bytes)
+                used += bytes.count
+            }
+        }
+
+        /// Ends the frame, flushes the file to disk, and returns its digest.
+        func finish() throws -> Digest {
+            try compress(UnsafeRawBufferPointer(rebasing: input[0..<used]), end: true)
+            used = 0
+            guard fsync(descriptor) == 0 else { throw Failure(file: path, message: "fsync: \(String(cString: strerror(errno)))") }
+            return Digest(sha256: hash.finalize().map { String(format: "%02x", $0) }.joined(), bytes: written)
+        }
+
+        private func compress(_ bytes: UnsafeRawBufferPointer, end: Bool) throws {
+            var source = ZSTD_inBuffer(src: bytes.baseAddress, size: bytes.count, pos: 0)
+            while true {
+                var sink = ZSTD_outBuffer(dst: output.baseAddress, size: output.count, pos: 0)
+                let left = ZSTD_compressStream2(context, &sink, &source, end ? ZSTD_e_end : ZSTD_e_continue)
+                if ZSTD_isError(left) != 0 { throw Failure(file: path, message: "zstd: \(String(cString: ZSTD_getErrorName(left)))") }
+                try write(UnsafeRawBufferPointer(rebasing: output[0..<sink.pos]))
+                if end ? left == 0 : source.pos == source.size { return }
+            }
+        }
+
+        private func write(_ bytes: UnsafeRawBufferPointer) throws {
+            guard !bytes.isEmpty else { return }
+            hash.update(bufferPointer: bytes)
+            written += Int64(bytes.count)
+            var offset = 0
+            while offset < bytes.count {
+                let n = Foundation.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw Failure(file: path, message: "write: \(String(cString: strerror(errno)))")
+                }
+                offset += n
+            }
+        }
+    }
+
+    /// Reads a file's bytes as stored, hashing them. Returns its digest. `body` gets each
+    /// block (valid only during the call).
+    static func read(_ path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Digest {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw Failure(file: path, message: errno == ENOENT ? "missing" : "cannot open: \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        let block = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { block.deallocate() }
+        var hash = SHA256()
+        var total: Int64 = 0
+        while true {
+            let n = Foundation.read(descriptor, block.baseAddress, block.count)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Failure(file: path, message: "read: \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { break }
+            let chunk = UnsafeRawBufferPointer(rebasing: block[0..<n])
+            hash.update(bufferPointer: chunk)
+            total += Int64(n)
+            try body(chunk)
+        }
+        return Digest(sha256: hash.finalize().map { String(format: "%02x", $0) }.joined(), bytes: total)
+    }
+
+    /// Reads a file and decompresses it, handing the COPY data to `body` in blocks. Fails on
+    /// data that is not one complete zstd frame (truncated, corrupted: zstd checks its own
+    /// content checksum too). Returns the stored file's digest.
+    static func decompress(_ path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Digest {
+        guard let context = ZSTD_createDCtx() else { throw Failure(file: path, message: "zstd could not allocate a decompression context") }
+        defer { ZSTD_freeDCtx(context) }
+        let output = UnsafeMutableRawBufferPointer.allocate(byteCount: ZSTD_DStreamOutSize(), alignment: 16)
+        defer { output.deallocate() }
+        var frameDone = false
+        let digest = try read(path) { block in
+            var source = ZSTD_inBuffer(src: block.baseAddress, size: block.count, pos: 0)
+            while source.pos < source.size || !frameDone {
+                if frameDone {
+                    throw Failure(file: path, message: "data after the end of the compressed stream")
+                }
+                var sink = ZSTD_outBuffer(dst: output.baseAddress, size: output.count, pos: 0)
+                let hint = ZSTD_decompressStream(context, &sink, &source)
+                if ZSTD_isError(hint) != 0 { throw Failure(file: path, message: "zstd: \(String(cString: ZSTD_getErrorName(hint)))") }
+                if sink.pos > 0 { try body(UnsafeRawBufferPointer(rebasing: output[0..<sink.pos])) }
+                if hint == 0 { frameDone = true }
+                // Input used up and the output not full: zstd wants the next block.
+                if source.pos == source.size && sink.pos < sink.size { break }
+            }
+        }
+        guard frameDone else { throw Failure(file: path, message: "the compressed stream is truncated") }
+        return digest
+    }
+}
