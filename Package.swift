@@ -133,6 +133,7 @@ let package = Package(
         .target(
             name: "Artifacts",
             dependencies: [
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 "FerryCore",
                 "FerryRuntime",
                 "ControlDatabase",
