@@ -1,3 +1,4 @@
+import Artifacts
 import ControlDatabase
 import EmbeddedPostgres
 import FerryCore
@@ -43,6 +44,9 @@ public enum FerryServer {
         // Refuse bad migrations input and bad TLS or token configuration before creating anything.
         _ = try configuration.migrations()
         let configured = try ServerCredentials.load(configuration)
+        // The artifact store, when configured, must open (created, writable, with its id).
+        var configuration = configuration
+        try configuration.openArtifactStore()
         guard let url = configuration.databaseURL else {
             let cluster = try await EmbeddedPostgres.start(parentDirectory: configuration.embeddedDirectory, database: "ferry", logger: logger)
             logger.notice("serving on the embedded default: a throwaway PostgreSQL cluster, removed on exit", metadata: [
@@ -102,6 +106,8 @@ public enum FerryServer {
         let probe = HealthProbe(client: client, logger: logger)
         let health: @Sendable () async -> Bool = { await probe.isHealthy() }
         let engine = try JobEngine(configuration, url: url, client: client, logger: logger)
+        let artifacts = ArtifactsService(client: client, store: configuration.artifactStore, hooks: configuration.retention.hooks, logger: logger)
+        let retention = RetentionWorker(replica: engine.replica, url: url, store: configuration.artifactStore, configuration: configuration.retention, logger: logger)
 
         // The ready file is written once both listeners are bound.
         // The two listeners bind concurrently; whichever completes the pair announces, once.
@@ -144,7 +150,7 @@ public enum FerryServer {
             })
         let rpc = RPCServer(
             configuration: rpcConfiguration,
-            router: makeRouter(health: health, engine: engine),
+            router: makeRouter(health: health, engine: engine, artifacts: artifacts),
             tokens: credentials.tokens,
             logger: logger,
             onBound: { address in
@@ -161,6 +167,8 @@ public enum FerryServer {
                 .init(service: client),
                 .init(service: engine.notifier),
                 .init(service: engine.leader),
+                // Expired artifacts and old events, on whichever replica holds the lease.
+                .init(service: retention),
                 .init(service: engine.queue),
                 .init(service: engine.executors),
                 // Either server ending (even by error) ends the process: the ops server is how
@@ -181,7 +189,7 @@ public enum FerryServer {
     }
 
     /// The methods this build serves.
-    static func makeRouter(health: @escaping @Sendable () async -> Bool, engine: JobEngine) -> MethodRouter {
+    static func makeRouter(health: @escaping @Sendable () async -> Bool, engine: JobEngine, artifacts: ArtifactsService) -> MethodRouter {
         var router = MethodRouter()
         router.register(FerryMethods.healthCheck) { _, _ in
             let serving = await health()
@@ -189,6 +197,7 @@ public enum FerryServer {
         }
         engine.jobs.register(into: &router)
         engine.instances.register(into: &router)
+        artifacts.register(into: &router)
         return router
     }
 

@@ -1,3 +1,4 @@
+import Artifacts
 import ControlDatabase
 import Coordinator
 import Executors
@@ -58,6 +59,10 @@ public struct ServerConfiguration: Sendable {
     public var jobSettings = JobSettings()
     /// Where LISTEN connects (a session of its own; never through a transaction pooler).
     public var listenDatabase: ListenDatabase = .automatic
+    /// The retention worker: event retention, sweep interval, test hooks.
+    public var retention = RetentionConfiguration()
+    /// The artifact store at `jobSettings.artifactDirectory`, once opened at start-up.
+    public internal(set) var artifactStore: ArtifactStore?
 
     /// Which connection receives NOTIFY hints.
     public enum ListenDatabase: Sendable {
@@ -70,6 +75,20 @@ public struct ServerConfiguration: Sendable {
     }
 
     public init() {}
+
+    /// Opens the store at `jobSettings.artifactDirectory` (if set) and keeps its absolute
+    /// path there, so job kinds see the same directory whatever the working directory.
+    /// A store that cannot be opened stops start-up with one line.
+    public mutating func openArtifactStore() throws {
+        guard let directory = jobSettings.artifactDirectory else { return }
+        do {
+            let store = try ArtifactStore(directory: directory)
+            artifactStore = store
+            jobSettings.artifactDirectory = store.directory
+        } catch let error as ArtifactStoreError {
+            throw StartupFailure(message: "cannot open the artifact store (--artifact-dir \(directory)): \(error.message)")
+        }
+    }
 
     /// The migration set in force: the built-in one unless a directory is given.
     public func migrations() throws -> MigrationSet {

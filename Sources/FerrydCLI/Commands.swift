@@ -1,3 +1,4 @@
+import Artifacts
 import ArgumentParser
 import ControlDatabase
 import EmbeddedPostgres
@@ -14,7 +15,7 @@ struct Ferryd: AsyncParsableCommand {
         commandName: "ferryd",
         abstract: "The Ferry server: moves PostgreSQL tenants between instances as jobs.",
         version: FerryVersion.current,
-        subcommands: [Serve.self, Migrate.self, TokenCommand.self],
+        subcommands: [Serve.self, Migrate.self, Sweep.self, TokenCommand.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -206,6 +207,23 @@ struct Serve: AsyncParsableCommand {
         "Lifetime of the leader lease; a dead leader is replaced within it. Env: FERRY_LEADER_LEASE. Default 10.", valueName: "seconds"))
     var leaderLease: Double?
 
+    @OptionGroup var retention: RetentionOptions
+
+    @Option(name: .customLong("artifact-ttl"), help: ArgumentHelp(
+        "Seconds an export's archive is kept unless the job says otherwise (at most 10 years). Env: FERRY_ARTIFACT_TTL. Default 604800 (7 days).",
+        valueName: "seconds"))
+    var artifactTTL: Int?
+
+    @Option(name: .customLong("retention-interval"), help: ArgumentHelp(
+        "Seconds between two retention sweeps, across all replicas (at most 7 days). Env: FERRY_RETENTION_INTERVAL. Default 3600.",
+        valueName: "seconds"))
+    var retentionInterval: Int?
+
+    @Option(name: .customLong("tenant-width"), help: ArgumentHelp(
+        "Tenants an instance_replace copies at once unless it says otherwise (1 to 64). Env: FERRY_TENANT_WIDTH. Default 2.",
+        valueName: "n"))
+    var tenantWidth: Int?
+
     @Option(name: .customLong("listen-database-url"), help: ArgumentHelp(
         "Direct URL for LISTEN (notifications), never a transaction pooler; 'none' to poll only. Env: FERRY_LISTEN_DATABASE_URL. Default: the migration URL, else the database URL.",
         valueName: "url|none"))
@@ -253,6 +271,17 @@ struct Serve: AsyncParsableCommand {
         }
         if let n = try settings.count(splitTableBytes, flag: "--split-table-bytes", variable: "FERRY_SPLIT_TABLE_BYTES") {
             configuration.jobSettings.splitTableBytes = Int64(n)
+        }
+        if let n = try settings.count(tenantWidth, flag: "--tenant-width", variable: "FERRY_TENANT_WIDTH") {
+            guard n <= 64 else { throw StartupError("invalid --tenant-width: \(n) is more than 64") }
+            configuration.jobSettings.tenantWidth = n
+        }
+        try retention.resolve(into: &configuration)
+        if let n = try settings.wholeSeconds(artifactTTL, flag: "--artifact-ttl", variable: "FERRY_ARTIFACT_TTL", max: RetentionOptions.tenYears) {
+            configuration.jobSettings.artifactTTL = .seconds(n)
+        }
+        if let n = try settings.wholeSeconds(retentionInterval, flag: "--retention-interval", variable: "FERRY_RETENTION_INTERVAL", max: 7 * 86_400) {
+            configuration.retention.interval = .seconds(n)
         }
         if let d = try settings.seconds(heartbeatInterval, flag: "--heartbeat-interval", variable: "FERRY_HEARTBEAT_INTERVAL") {
             configuration.executors.heartbeatInterval = d
@@ -306,6 +335,22 @@ struct Settings {
         return value
     }
 
+    /// A whole number of seconds in 1...max.
+    func wholeSeconds(_ flag: Int?, flag name: String, variable: String, max: Int) throws(StartupError) -> Int? {
+        let value: Int
+        let source: String
+        if let flag {
+            (value, source) = (flag, name)
+        } else if let text = environment[variable], !text.isEmpty {
+            guard let parsed = Int(text) else { throw StartupError("invalid \(variable): '\(text)' is not a whole number of seconds") }
+            (value, source) = (parsed, variable)
+        } else {
+            return nil
+        }
+        guard value >= 1, value <= max else { throw StartupError("invalid \(source): \(value) is not a whole number of seconds from 1 to \(max)") }
+        return value
+    }
+
     /// A positive number of seconds (fractions allowed).
     func seconds(_ flag: Double?, flag name: String, variable: String) throws(StartupError) -> Duration? {
         let value: Double
@@ -347,6 +392,114 @@ struct Migrate: AsyncParsableCommand {
         }
         let report = try await FerryServer.migrate(configuration, url: url, logger: logger)
         print("applied \(report.applied.count) migration(s)\(report.applied.isEmpty ? "" : ": " + report.applied.joined(separator: ", ")); \(report.alreadyApplied.count) already applied")
+    }
+}
+
+/// The artifact store and event retention, shared by `serve` and `sweep`.
+struct RetentionOptions: ParsableArguments {
+    static let tenYears = 10 * 365 * 86_400
+
+    @Option(name: .customLong("artifact-dir"), help: ArgumentHelp(
+        "The artifact store: the directory export jobs write archives to and import jobs read them from, shared by every replica (created if missing; must be writable). Env: FERRY_ARTIFACT_DIR. Without it, export and import are refused and retention deletes old events only.",
+        valueName: "dir"))
+    var artifactDirectory: String?
+
+    @Option(name: .customLong("event-retention"), help: ArgumentHelp(
+        "Seconds the events of a finished job are kept (its last event is kept for good; job rows and resume state are never deleted). Env: FERRY_EVENT_RETENTION. Default 2592000 (30 days).",
+        valueName: "seconds"))
+    var eventRetention: Int?
+
+    func resolve(into configuration: inout ServerConfiguration) throws(StartupError) {
+        let settings = Settings()
+        if let directory = settings.string(artifactDirectory, "FERRY_ARTIFACT_DIR") {
+            configuration.jobSettings.artifactDirectory = directory
+        }
+        if let n = try settings.wholeSeconds(eventRetention, flag: "--event-retention", variable: "FERRY_EVENT_RETENTION", max: Self.tenYears) {
+            configuration.retention.eventRetention = .seconds(n)
+        }
+    }
+}
+
+/// `ferryd sweep`: one retention sweep, now, under the retention lease.
+struct Sweep: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run one retention sweep now (expired artifacts, leftover export folders, old events of finished jobs) and print what it deleted as one JSON line.",
+        discussion: "The sweep runs under the same lease as the serving replicas' retention workers, so it never runs beside another sweep: it waits for the lease up to --lease-wait seconds. Exit status 0 when the sweep ran without problems; 1 when it could not get the lease, or some item could not be deleted (the summary counts them).")
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var retention: RetentionOptions
+
+    @Option(name: .customLong("lease-wait"), help: ArgumentHelp(
+        "Seconds to wait for the retention lease while another sweep holds it; 0 tries once. Env: FERRY_SWEEP_LEASE_WAIT. Default 30.",
+        valueName: "seconds"))
+    var leaseWait: Int?
+
+    mutating func run() async throws {
+        var configuration = ServerConfiguration()
+        try database.resolve(into: &configuration)
+        try retention.resolve(into: &configuration)
+        let logger = try database.makeLogger()
+        let settings = Settings()
+        var wait = 30
+        if let flag = leaseWait {
+            guard flag >= 0, flag <= 3600 else { throw StartupError("invalid --lease-wait: \(flag) is not a whole number of seconds from 0 to 3600") }
+            wait = flag
+        } else if let text = settings.string(nil, "FERRY_SWEEP_LEASE_WAIT") {
+            guard let value = Int(text), value >= 0, value <= 3600 else {
+                throw StartupError("invalid FERRY_SWEEP_LEASE_WAIT: '\(text)' is not a whole number of seconds from 0 to 3600")
+            }
+            wait = value
+        }
+        guard let url = configuration.databaseURL else {
+            throw StartupError("sweep needs the control database: set FERRY_DATABASE_URL (or --database-url)")
+        }
+        FerrydMain.adjust.withLock { $0 }?(&configuration)
+        try configuration.openArtifactStore()
+
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "ferryd"
+        let owner = "ferryd-sweep:\(host):\(getpid()):\(UUID().uuidString.prefix(4).lowercased())"
+        let runner = RetentionRunner(url: url, store: configuration.artifactStore, configuration: configuration.retention, owner: owner, logger: logger)
+        let summary = try await runner.url.withConnection(logger: logger) { connection in
+            // The artifact columns come with migration 0005: say so rather than fail on a column.
+            let migrated: Bool
+            do {
+                migrated = try await connection.execute("""
+                    SELECT to_regclass('ferry_schema_migrations') IS NOT NULL
+                       AND EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 'job_artifacts' AND column_name = 'store_id')
+                    """, logger: logger).first?.decode(Bool.self) ?? false
+            } catch {
+                throw DatabaseError(running: "reading the control database's schema", error: error)
+            }
+            guard migrated else {
+                throw StartupError("the control database at \(url) is not migrated to this ferryd's schema (run ferryd migrate, or start a ferryd serve of this version)")
+            }
+            let deadline = ContinuousClock.now + .seconds(wait)
+            while true {
+                let attempt: RetentionLease.Attempt
+                do {
+                    attempt = try await runner.lease.tryAcquire(due: nil, on: connection, logger: logger)
+                } catch {
+                    throw DatabaseError(running: "taking the retention lease", error: error)
+                }
+                switch attempt {
+                case .acquired(let at):
+                    do {
+                        return try await runner.sweep(leaseConnection: connection, startedAt: at)
+                    } catch {
+                        throw DatabaseError(running: "the retention sweep", error: error)
+                    }
+                case .held(let holder, let expiresIn):
+                    guard ContinuousClock.now < deadline else {
+                        throw StartupError("the retention lease is held by \(holder) (a sweep is running; the lease expires in \(Int(expiresIn.rounded(.up))) s unless renewed): gave up after \(wait) s (--lease-wait)")
+                    }
+                case .notDue:
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+        print(summary.jsonLine)
+        if summary.failures > 0 || summary.interrupted { throw ExitCode(1) }
     }
 }
 

@@ -176,4 +176,12 @@ if names.contains("realclone") {
     kinds.register(.clone) { resources in CloneKind(settings: resources.settings, hooks: cloneHooks) }
 }
 if names.contains("export") { kinds.register(.export) { _ in SteppingJob(steps: steps, totalMs: totalMs, recordRuns: recordRuns) } }
-await FerrydMain.main(kinds: kinds, adjust: { installAdmissionHold(&$0) })
+// Retention hooks: FERRY_TEST_RETENTION_CRASH=1 kills the process (SIGKILL) right after an
+// artifact's folder is deleted, before its row; FERRY_TEST_RETENTION_HOLD_MS stalls each sweep once it holds the lease.
+let retentionCrash = environment["FERRY_TEST_RETENTION_CRASH"] == "1"
+let retentionHoldMs = Int(environment["FERRY_TEST_RETENTION_HOLD_MS"] ?? "") ?? 0
+await FerrydMain.main(kinds: kinds, adjust: {
+    installAdmissionHold(&$0)
+    if retentionCrash { $0.retention.hooks.afterFolderRemoved = { _ in kill(getpid(), SIGKILL) } }
+    if retentionHoldMs > 0 { $0.retention.hooks.afterLeaseAcquired = { try? await Task.sleep(for: .milliseconds(retentionHoldMs)) } }
+})
