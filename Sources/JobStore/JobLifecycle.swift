@@ -196,33 +196,54 @@ public enum JobLifecycle {
         }
     }
 
-    /// Upserts one tenant's outcome of an instance_replace lineage; false when the job is no
-    /// longer `owner`'s.
+    /// Records one tenant's state in an instance_replace lineage: RUNNING when its copy starts,
+    /// then SUCCEEDED or FAILED (with the error) when it ends. False when the job is no longer
+    /// `owner`'s (nothing written).
+    ///
+    /// One statement, so one transaction, guarded like every checkpoint: the job row is locked
+    /// for share while it is RUNNING and owned by `owner`, and the row lands only then. Times
+    /// not given are the control database's clock (`clock_timestamp()`), as the job's own
+    /// times are: `started_at` when the tenant starts (a finishing row keeps the start its
+    /// attempt recorded), `finished_at` when it ends (none while RUNNING). A tenant the lineage
+    /// finished with SUCCEEDED is never written again — reruns skip it, and a stray write must
+    /// not make them copy it again — while the write still reports the ownership it found.
     public static func saveTenantResult(
         _ result: TenantResult, job: UUID, owner: String, on connection: PostgresConnection, logger: Logger
     ) async throws -> Bool {
-        !(try await connection.execute("""
-            WITH owned AS (SELECT id, root_job_id FROM jobs WHERE id = \(job) AND owner = \(owner) AND status = 'RUNNING' FOR SHARE)
-            INSERT INTO instance_replace_results (root_job_id, tenant, status, job_id, error_message, started_at, finished_at)
-            SELECT root_job_id, \(result.tenant), \(result.status.rawValue), id, \(result.error), \(result.startedAt), \(result.finishedAt) FROM owned
-            ON CONFLICT (root_job_id, tenant) DO UPDATE
-               SET status = EXCLUDED.status, job_id = EXCLUDED.job_id, error_message = EXCLUDED.error_message,
-                   started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at
-            RETURNING 1
-            """, logger: logger)).isEmpty
+        let finished = result.status != .running
+        let rows = try await connection.execute("""
+            WITH owned AS (SELECT id, root_job_id FROM jobs WHERE id = \(job) AND owner = \(owner) AND status = 'RUNNING' FOR SHARE),
+            written AS (
+                INSERT INTO instance_replace_results AS r (root_job_id, tenant, status, job_id, error_message, started_at, finished_at)
+                SELECT root_job_id, \(result.tenant), \(result.status.rawValue), id, \(result.error),
+                       COALESCE(\(result.startedAt)::timestamptz, clock_timestamp()),
+                       CASE WHEN \(finished) THEN COALESCE(\(result.finishedAt)::timestamptz, clock_timestamp()) END
+                  FROM owned
+                ON CONFLICT (root_job_id, tenant) DO UPDATE
+                   SET status = EXCLUDED.status, job_id = EXCLUDED.job_id, error_message = EXCLUDED.error_message,
+                       started_at = CASE WHEN \(result.startedAt)::timestamptz IS NULL AND \(finished) AND r.job_id = EXCLUDED.job_id
+                                              AND r.started_at IS NOT NULL THEN r.started_at ELSE EXCLUDED.started_at END,
+                       finished_at = EXCLUDED.finished_at
+                 WHERE r.status <> 'SUCCEEDED'
+                RETURNING 1
+            )
+            SELECT EXISTS (SELECT 1 FROM owned), (SELECT count(*) FROM written)
+            """, logger: logger)
+        guard let (owned, _) = try rows.first?.decode((Bool, Int64).self) else { return false }
+        return owned
     }
 
-    /// Every tenant outcome of the instance_replace lineage rooted at `root`.
+    /// Every tenant outcome of the instance_replace lineage rooted at `root`, by tenant.
     public static func tenantResults(root: UUID, on connection: PostgresConnection, logger: Logger) async throws -> [TenantResult] {
         try await connection.execute("""
-            SELECT tenant, status, error_message, started_at, finished_at FROM instance_replace_results
+            SELECT tenant, status, error_message, started_at, finished_at, job_id FROM instance_replace_results
              WHERE root_job_id = \(root) ORDER BY tenant
             """, logger: logger).map { row in
-            let (tenant, status, error, started, finished) = try row.decode((String, String, String?, Date?, Date?).self)
+            let (tenant, status, error, started, finished, job) = try row.decode((String, String, String?, Date?, Date?, UUID).self)
             guard let status = TenantResult.Status(rawValue: status) else {
                 throw RPCError(.dataLoss, "tenant result \(tenant) of lineage \(root.uuidString.lowercased()) has status \(status)")
             }
-            return TenantResult(tenant: tenant, status: status, error: error, startedAt: started, finishedAt: finished)
+            return TenantResult(tenant: tenant, status: status, error: error, startedAt: started, finishedAt: finished, jobID: job)
         }
     }
 
@@ -343,14 +364,20 @@ public struct TenantResult: Sendable, Hashable {
     public var tenant: String
     public var status: Status
     public var error: String?
+    /// When the tenant's copy started and ended; nil when saving means "now, by the control
+    /// database's clock".
     public var startedAt: Date?
     public var finishedAt: Date?
+    /// The attempt that recorded the outcome (read back; ignored when saving: it is the
+    /// saving job).
+    public var jobID: UUID?
 
-    public init(tenant: String, status: Status, error: String? = nil, startedAt: Date? = nil, finishedAt: Date? = nil) {
+    public init(tenant: String, status: Status, error: String? = nil, startedAt: Date? = nil, finishedAt: Date? = nil, jobID: UUID? = nil) {
         self.tenant = tenant
         self.status = status
         self.error = error
         self.startedAt = startedAt
         self.finishedAt = finishedAt
+        self.jobID = jobID
     }
 }
