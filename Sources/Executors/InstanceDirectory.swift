@@ -142,7 +142,8 @@ public enum StopReason: Sendable, Equatable {
 /// at the target itself, whatever the control database or the replicas' clocks say. Before
 /// its first write to a tenant, an attempt opens a *gate* session that takes the session
 /// advisory lock `(Ferry's fence namespace, hashtext(tenant))` on the target and holds it for
-/// the attempt's life. To get it, the attempt first terminates, on the target, every session
+/// the attempt's life, or until the attempt gives it back when it is done with the tenant
+/// (``releaseGate(_:tenant:)``). To get it, the attempt first terminates, on the target, every session
 /// of the earlier attempts of its lineage (found by application_name) and waits for them to
 /// end; a gate held by another lineage is terminated only when the control database says
 /// that job is no longer RUNNING (else it waits, then fails retryably). After taking the lock
@@ -291,10 +292,54 @@ public actor InstanceSessions {
         return try await task.value
     }
 
+    /// Gives back `tenant`'s fence on `instance` once this attempt has finished writing it
+    /// (instance_replace, after each tenant's copy): its gate session closes, which releases
+    /// the advisory lock on the server, and is forgotten. So an attempt that writes many
+    /// tenants one after another holds a gate only for the tenants it is writing, not one
+    /// session per tenant it ever wrote (hundreds of tenants would exhaust the target's
+    /// `max_connections`). A later ``writerAccess(_:tenant:)`` or ``openWriter(_:tenant:)``
+    /// of the tenant takes the fence anew, exactly as the first time (earlier attempts swept,
+    /// the control database asked). Close the tenant's writer sessions first: a writer still
+    /// open would go on writing without the fence, and one that checked the old gate fails
+    /// its check against a new one (another pid). A gate still being taken is cancelled (its
+    /// session closes when the acquisition ends); a gate that was never taken, or one that
+    /// failed, is forgotten, so the next writer tries again.
+    public func releaseGate(_ instance: String, tenant: String) async {
+        let key = GateKey(instance: instance, tenant: tenant)
+        guard let task = gates.removeValue(forKey: key) else { return }
+        task.cancel()
+        // A failed acquisition closed its own session (``acquireGate(_:_:)``).
+        guard let gate = try? await task.value else { return }
+        let id = ObjectIdentifier(gate.connection)
+        sessions[id] = nil
+        gateHolders.remove(id)
+        try? await gate.connection.close()
+        logger.info("released the target's fence", metadata: ["instance": "\(instance)", "tenant": "\(tenant)", "pid": "\(gate.pid)"])
+    }
+
+    /// Whether this attempt holds (or is taking) a gate for `tenant` on `instance`.
+    public func holdsGate(_ instance: String, tenant: String) -> Bool {
+        gates[GateKey(instance: instance, tenant: tenant)] != nil
+    }
+
     private func acquireGate(_ instance: String, _ tenant: String) async throws -> (connection: PostgresConnection, pid: Int32) {
         let connection = try await directory.connect(try await url(instance), instance: instance, applicationName: applicationName, logger: logger)
         _ = try register(instance, connection)
-        gateHolders.insert(ObjectIdentifier(connection))
+        let id = ObjectIdentifier(connection)
+        gateHolders.insert(id)
+        do {
+            return try await takeFence(instance, tenant, on: connection)
+        } catch {
+            // A gate that holds no fence is of no use: its session goes now, not at the
+            // attempt's end (a failing tenant of an instance_replace must not leave one behind).
+            sessions[id] = nil
+            gateHolders.remove(id)
+            try? await connection.close()
+            throw error
+        }
+    }
+
+    private func takeFence(_ instance: String, _ tenant: String, on connection: PostgresConnection) async throws -> (connection: PostgresConnection, pid: Int32) {
         let pid = try await connection.execute("SELECT pg_backend_pid()", logger: logger).first?.decode(Int32.self) ?? 0
         // The gate idles for the attempt's life: a server-side idle_session_timeout must not
         // end it (and with it the fence) halfway through.
