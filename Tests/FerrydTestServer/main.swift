@@ -175,6 +175,10 @@ let cloneHooks: CloneHooks = {
 if names.contains("realclone") {
     kinds.register(.clone) { resources in CloneKind(settings: resources.settings, hooks: cloneHooks) }
 }
+// "realreplace": the real instance_replace kind, with the same hooks.
+if names.contains("realreplace") {
+    kinds.register(.instanceReplace) { resources in InstanceReplaceKind(settings: resources.settings, hooks: cloneHooks) }
+}
 if names.contains("export") { kinds.register(.export) { _ in SteppingJob(steps: steps, totalMs: totalMs, recordRuns: recordRuns) } }
 // Retention hooks: FERRY_TEST_RETENTION_CRASH=1 kills the process (SIGKILL) right after an
 // artifact's folder is deleted, before its row; FERRY_TEST_RETENTION_HOLD_MS stalls each sweep once it holds the lease.
