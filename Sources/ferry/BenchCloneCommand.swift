@@ -8,7 +8,8 @@ import Foundation
 /// GetJob every 200 ms if the stream breaks), and prints the wall time from StartJob to the
 /// terminal status, when each phase began, the final progress figures and, with
 /// `--server-pid`, ferryd's CPU time over the job. Exits 1 unless the job SUCCEEDED.
-/// `scripts/bench-clone` runs it beside pg_dump | psql and pgcopydb on the same data.
+/// `scripts/bench-clone` runs it beside pg_dump | psql and pgcopydb on the same data. The
+/// timing is ``BenchJobTiming``'s, shared with `bench export` and `bench import`.
 struct BenchClone: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "clone",
@@ -45,32 +46,16 @@ struct BenchClone: AsyncParsableCommand {
     @Option(name: .customLong("split-table-bytes"), help: "Split tables larger than this into block ranges; 0: the server's default.")
     var splitTableBytes: Int64 = 0
 
-    @Option(name: .customLong("server-pid"), help: ArgumentHelp(
-        "ferryd's pid on this machine: its CPU time (user + system, from /proc) over the job is reported.", valueName: "pid"))
-    var serverPID: Int32?
-
-    @Option(name: .customLong("timeout"), help: "Seconds to wait for the job's end before cancelling it and failing.")
-    var timeout: Double = 7200
-
-    @Option(name: .customLong("progress-interval"), help: "Seconds between progress lines while the job runs (0: only phase changes).")
-    var progressInterval: Double = 5
-
-    @Option(name: .customLong("result-file"), help: ArgumentHelp(
-        "Also write the figures as JSON to this file (for scripts).", valueName: "file"))
-    var resultFile: String?
+    @OptionGroup var job: BenchJobOptions
 
     func validate() throws {
         guard splitTableBytes >= 0 else { throw ValidationError("--split-table-bytes must be ≥ 0") }
-        guard timeout > 0, progressInterval >= 0 else { throw ValidationError("--timeout must be > 0 and --progress-interval ≥ 0") }
     }
 
     func run() async throws {
         let client = try await connection.connect()
         defer { client.close() }
-        for (id, dsn) in [(sourceInstance, sourceDSN), (targetInstance, targetDSN)] {
-            guard let dsn else { continue }
-            _ = try await client.unary(FerryMethods.putInstance, .with { $0.id = id; $0.dsn = dsn })
-        }
+        try await putInstances(client, [(sourceInstance, sourceDSN), (targetInstance, targetDSN)])
 
         var request = StartJobRequest()
         var params = CloneParams.clone(from: sourceInstance, sourceTenant, to: targetInstance, targetTenant)
@@ -79,176 +64,8 @@ struct BenchClone: AsyncParsableCommand {
         params.splitTableBytes = splitTableBytes
         request.clone = params
 
-        let clock = ContinuousClock()
-        let cpuBefore = serverPID.flatMap(ProcessCPU.seconds(pid:))
-        let started = clock.now
-        let job: Job
-        do {
-            job = try await client.unary(FerryMethods.startJob, request)
-        } catch let error as RPCError where error.code == .unimplemented {
-            throw CLIError("this ferryd does not run clone jobs: StartJob answered UNIMPLEMENTED (\(error.message))")
-        } catch let error as RPCError {
-            throw CLIError("StartJob of the clone failed: \(error)")
-        }
-        print("bench clone: job \(job.id), \(sourceInstance)/\(sourceTenant) → \(targetInstance)/\(targetTenant), "
-              + "copy width \(width(copyWidth)), index width \(width(indexWidth)), split tables over \(splitTableBytes == 0 ? "the server's default" : "\(splitTableBytes) bytes"); "
-              + "answered \(job.status.name) in \(seconds(clock.now - started))")
-
-        var watch = Watcher(started: started, clock: clock, interval: progressInterval)
-        watch.see(job)
-        let deadline = started + .milliseconds(Int64(timeout * 1000))
-        let final = try await follow(client, job: job, watch: &watch, deadline: deadline)
-        let wall = clock.now - started
-        let cpuAfter = serverPID.flatMap(ProcessCPU.seconds(pid:))
-
-        report(final, wall: wall, watch: watch, cpu: cpuBefore.flatMap { before in cpuAfter.map { $0 - before } })
-        if final.status != .succeeded { throw ExitCode(1) }
+        try await BenchJobTiming(kind: "clone", options: job).run(client, request, describe:
+            "\(sourceInstance)/\(sourceTenant) → \(targetInstance)/\(targetTenant), "
+            + "copy width \(benchWidth(copyWidth)), index width \(benchWidth(indexWidth)), split tables over \(splitTableBytes == 0 ? "the server's default" : "\(splitTableBytes) bytes")")
     }
-
-    /// Follows the job to a terminal status and returns it as GetJob reads it then.
-    private func follow(_ client: FerryClient, job: Job, watch: inout Watcher, deadline: ContinuousClock.Instant) async throws -> Job {
-        let id = job.id
-        let clock = ContinuousClock()
-        if !job.status.isTerminal {
-            // The stream, bounded by the deadline; any break falls back to polling.
-            let remaining = deadline - clock.now
-            do {
-                for try await event in try client.serverStream(FerryMethods.watchJob, .with { $0.jobID = id }, timeout: remaining) {
-                    switch event.type {
-                    case .snapshot: watch.see(event.job)
-                    case .progress: watch.see(event.progress)
-                    case .status: watch.see(event.status, error: event.hasError ? event.error : nil)
-                    default: break
-                    }
-                    if watch.status.isTerminal { break }
-                }
-            } catch {
-                if clock.now < deadline {
-                    print("watch: the WatchJob stream ended with \(error); polling GetJob every 200 ms")
-                }
-            }
-        }
-        while true {
-            let current = try await client.unary(FerryMethods.getJob, .with { $0.jobID = id })
-            watch.see(current)
-            if current.status.isTerminal { return current }
-            if clock.now >= deadline {
-                print("bench clone: no end after \(Int(timeout)) s; cancelling job \(id)")
-                _ = try? await client.unary(FerryMethods.cancelJob, .with { $0.jobID = id })
-                throw CLIError("the clone job \(id) did not finish within \(Int(timeout)) s (cancelled)")
-            }
-            try await Task.sleep(for: .milliseconds(200))
-        }
-    }
-
-    private func report(_ job: Job, wall: Duration, watch: Watcher, cpu: Double?) {
-        let wallSeconds = Double(wall.wholeNanoseconds) / 1e9
-        let progress = job.progress
-        print("== clone job \(job.id): \(job.status.name) after \(String(format: "%.2f", wallSeconds)) s (StartJob sent to terminal status seen)")
-        if job.hasStartedAt, job.hasFinishedAt {
-            print(String(format: "server-side: RUNNING to \(job.status.name) in %.2f s (control database clock)",
-                         job.finishedAt.date.timeIntervalSince(job.startedAt.date)))
-        }
-        if !watch.phases.isEmpty {
-            var parts: [String] = []
-            for (index, phase) in watch.phases.enumerated() {
-                let end = index + 1 < watch.phases.count ? watch.phases[index + 1].at : wall
-                parts.append("\(phase.name) \(seconds(phase.at))–\(seconds(end))")
-            }
-            print("phases (first seen, from StartJob): " + parts.joined(separator: ", "))
-        }
-        print(String(format: "progress: phase %@, tables %lld/%lld, rows %lld, bytes %lld (%.1f MB, %.1f MB/s over the wall time)",
-                     progress.phase.isEmpty ? "-" : progress.phase, progress.tablesDone, progress.tablesTotal,
-                     progress.rowsCopied, progress.bytesCopied, Double(progress.bytesCopied) / 1e6,
-                     wallSeconds > 0 ? Double(progress.bytesCopied) / 1e6 / wallSeconds : 0))
-        if !job.result.tables.isEmpty {
-            let rows = job.result.tables.reduce(Int64(0)) { $0 + $1.rows }
-            print("verified: \(job.result.tables.count) table(s), \(rows) rows, checksums equal on both sides")
-        }
-        if let pid = serverPID {
-            if let cpu {
-                print(String(format: "ferryd CPU: %.2f s user+sys over the job, %.0f%% of the wall time (%d cores; pid %d)",
-                             cpu, wallSeconds > 0 ? cpu / wallSeconds * 100 : 0, ProcessInfo.processInfo.activeProcessorCount, pid))
-            } else {
-                print("ferryd CPU: cannot read /proc/\(pid)/stat")
-            }
-        }
-        if job.status != .succeeded {
-            let error = job.hasError ? "\(job.error.code): \(job.error.message)\(job.error.retryable ? " (retryable)" : "")" : "no error recorded"
-            print("FAILED: the clone job ended \(job.status.name): \(error)")
-        }
-        if let resultFile {
-            var object: [String: Any] = [
-                "jobId": job.id, "status": job.status.name, "wallSeconds": wallSeconds,
-                "phase": progress.phase, "tablesDone": progress.tablesDone, "tablesTotal": progress.tablesTotal,
-                "rowsCopied": progress.rowsCopied, "bytesCopied": progress.bytesCopied,
-                "phases": watch.phases.map { ["name": $0.name, "atSeconds": Double($0.at.wholeNanoseconds) / 1e9] as [String: Any] },
-            ]
-            if let cpu { object["serverCPUSeconds"] = cpu }
-            if job.hasError { object["error"] = ["code": job.error.code, "message": job.error.message] }
-            do {
-                let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-                try data.write(to: URL(fileURLWithPath: resultFile))
-            } catch {
-                print("bench clone: cannot write the result file \(resultFile): \(error)")
-            }
-        }
-    }
-
-    private func width(_ value: UInt32) -> String { value == 0 ? "default" : "\(value)" }
-}
-
-/// What the watch saw: the latest figures, when each phase was first seen, and progress lines.
-private struct Watcher {
-    let started: ContinuousClock.Instant
-    let clock: ContinuousClock
-    let interval: Double
-    var status: JobStatus = .unspecified
-    var progress = JobProgress()
-    var phases: [(name: String, at: Duration)] = []
-    var lastLine: ContinuousClock.Instant?
-
-    init(started: ContinuousClock.Instant, clock: ContinuousClock, interval: Double) {
-        self.started = started
-        self.clock = clock
-        self.interval = interval
-    }
-
-    mutating func see(_ job: Job) {
-        if job.hasProgress { see(job.progress) }
-        if job.status != status { see(job.status, error: job.hasError ? job.error : nil) }
-    }
-
-    mutating func see(_ progress: JobProgress) {
-        self.progress = progress
-        let now = clock.now
-        if !progress.phase.isEmpty, phases.last?.name != progress.phase {
-            phases.append((progress.phase, now - started))
-            line(now)
-        } else if interval > 0, !progress.phase.isEmpty, lastLine.map({ now - $0 >= .milliseconds(Int64(interval * 1000)) }) ?? true {
-            line(now)
-        }
-    }
-
-    mutating func see(_ status: JobStatus, error: JobError?) {
-        guard status != self.status else { return }
-        self.status = status
-        let error = error.map { " \($0.code): \($0.message)" } ?? ""
-        print("  \(seconds(clock.now - started)) status \(status.name)\(error)")
-    }
-
-    private mutating func line(_ now: ContinuousClock.Instant) {
-        lastLine = now
-        let inFlight = progress.inFlight.isEmpty ? "" : " [\(progress.inFlight.prefix(6).joined(separator: ", "))\(progress.inFlight.count > 6 ? ", …" : "")]"
-        print(String(format: "  %@ %@: tables %lld/%lld, rows %lld, %.1f MB%@", seconds(now - started), progress.phase.isEmpty ? "-" : progress.phase,
-                     progress.tablesDone, progress.tablesTotal, progress.rowsCopied, Double(progress.bytesCopied) / 1e6, inFlight))
-    }
-}
-
-private extension JobStatus {
-    var isTerminal: Bool { self == .succeeded || self == .failed || self == .cancelled }
-}
-
-private func seconds(_ duration: Duration) -> String {
-    String(format: "%.2fs", Double(duration.wholeNanoseconds) / 1e9)
 }

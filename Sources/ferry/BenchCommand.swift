@@ -8,7 +8,7 @@ import Foundation
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks against a running ferryd.",
-        subcommands: [BenchRPC.self, BenchJobs.self, BenchClone.self])
+        subcommands: [BenchRPC.self, BenchJobs.self, BenchClone.self, BenchExport.self, BenchImport.self])
 }
 
 /// `ferry bench rpc`: C connections × S concurrent streams calling one unary method in a loop
