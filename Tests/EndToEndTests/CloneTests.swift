@@ -13,7 +13,7 @@ import Testing
 /// The clone kind end to end: real replicas (`ferryd-test` running the real clone), real
 /// source and target instances (two databases of one cluster, and a database of a second
 /// cluster), checked from outside Ferry with pg_dump and sorted row text.
-@Suite(.serialized) struct CloneTests {
+@Suite(.serialized) struct CloneTests: TenantJobTest {
     static let kinds = ["FERRY_TEST_KINDS": "realclone"]
 
     private func request(_ source: (String, String), _ target: (String, String), copyWidth: UInt32 = 0, indexWidth: UInt32 = 0, split: Int64 = 0) -> StartJobRequest {
@@ -23,44 +23,6 @@ import Testing
         request.clone.indexWidth = indexWidth
         request.clone.splitTableBytes = split
         return request
-    }
-
-    private func run(_ url: DatabaseURL, _ sql: String) async throws {
-        try await TenantInspection.runScript(url, sql)
-    }
-
-    private func scalar<T: PostgresDecodable & Sendable>(_ url: DatabaseURL, _ sql: String, as type: T.Type = T.self) async throws -> T {
-        do {
-            return try await url.withConnection(logger: logger) { try await $0.execute(PostgresQuery(unsafeSQL: sql), logger: logger).first!.decode(T.self) }
-        } catch {
-            throw TenantInspection.DumpError(message: "\(sql): \(String(reflecting: error))")
-        }
-    }
-
-    /// The index of the replica running `job`.
-    private func runningReplica(of job: Job, _ replicas: Replicas) async throws -> Int {
-        let owner = try await replicas.query {
-            try await $0.execute("SELECT owner FROM jobs WHERE id = \(UUID(uuidString: job.id)!)", logger: logger).first!.decode(String.self)
-        }
-        return try #require(replicas.index(ofOwner: owner))
-    }
-
-    /// Waits until the leader fails `job` (retryably: its replica is gone or frozen), reruns
-    /// it, and returns the rerun once it ended.
-    private func rerunAfterTheLeaderFails(_ job: Job, _ client: FerryClient) async throws -> Job {
-        let failed = try await client.waitFor(job.id, timeout: .seconds(60)) { $0.status.isTerminal }
-        #expect(failed.status == .failed && failed.error.retryable, "\(failed)")
-        let rerun = try await client.rerun(job.id)
-        return try await client.waitFor(rerun.id, timeout: .seconds(120)) { $0.status.isTerminal }
-    }
-
-    /// Registers a database of the second cluster as instance `far`.
-    private func registerFarInstance(_ replicas: Replicas) async throws -> DatabaseURL {
-        let far = try await TestPostgres.second.freshDatabase("far")
-        let client = try await replicas.client(0)
-        defer { client.close() }
-        _ = try await client.unary(FerryMethods.putInstance, .with { $0.id = "far"; $0.dsn = far.secretURLString })
-        return far
     }
 
     // MARK: Every supported object, same instance under a new name and to another cluster
