@@ -223,10 +223,26 @@ public struct PlanContext: Sendable {
         }
     }
 
-    /// Refuses a source tenant that does not exist (NOT_FOUND).
+    /// Refuses a source tenant that does not exist (NOT_FOUND), or that is the partial result
+    /// of a job lineage that has not finished it (FAILED_PRECONDITION): copying or exporting
+    /// it would pass half a tenant on as whole.
     public func requireTenant(instance: String, tenant: String) async throws {
         guard try await instances.tenantExists(instance, tenant, logger: logger) else {
             throw PlanRefusal.notFound("tenant \(tenant) does not exist on instance \(instance)")
+        }
+        let creator: UUID?
+        do {
+            creator = try await controlDatabase.withConnection {
+                try await JobLifecycle.unfinishedCreator(instance: instance, tenant: tenant, on: $0, logger: logger)
+            }
+        } catch {
+            throw PlanRefusal.unavailable("the control database is unavailable; retry")
+        }
+        if let creator {
+            throw PlanRefusal.failedPrecondition(["""
+                tenant \(tenant) on instance \(instance) is the unfinished target of job lineage \(creator.uuidString.lowercased()): \
+                rerun that job to finish it (or drop the tenant) before reading it
+                """])
         }
     }
 }

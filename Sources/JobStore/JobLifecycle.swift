@@ -273,6 +273,19 @@ public enum JobLifecycle {
         return try rows.first.map { .lineage(try $0.decode(UUID.self)) } ?? Claim.none
     }
 
+    /// The lineage that created `tenant` on `instance` when it has not finished it yet: no job
+    /// of the lineage SUCCEEDED and, for an instance_replace, the tenant's own outcome is not
+    /// SUCCEEDED. Such a tenant is a partial copy; nil for any other tenant.
+    public static func unfinishedCreator(instance: String, tenant: String, on connection: PostgresConnection, logger: Logger) async throws -> UUID? {
+        try await connection.execute("""
+            SELECT c.root_job_id FROM tenant_claims c
+             WHERE c.instance_id = \(instance) AND c.tenant = \(tenant)
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.root_job_id = c.root_job_id AND j.status = 'SUCCEEDED')
+               AND NOT EXISTS (SELECT 1 FROM instance_replace_results r
+                                WHERE r.root_job_id = c.root_job_id AND r.tenant = c.tenant AND r.status = 'SUCCEEDED')
+            """, logger: logger).first?.decode(UUID.self)
+    }
+
     /// What claiming a tenant found.
     public enum ClaimOutcome: Sendable, Equatable {
         /// This call recorded the claim: the lineage is about to create the tenant, which must

@@ -193,6 +193,8 @@ import Testing
                 ("a manifest naming ../x", .invalidArgument, true, { try await renameFirstFile($0, to: "../x") }),
                 ("a manifest naming data/../../x", .invalidArgument, true, { try await renameFirstFile($0, to: "data/../../x") }),
                 ("a manifest naming an absolute path", .invalidArgument, true, { try await renameFirstFile($0, to: "/etc/passwd") }),
+                // A "/" followed by a combining accent is one Swift character, but a "/" to the kernel.
+                ("a manifest naming data/a/\u{301}b", .invalidArgument, true, { try await renameFirstFile($0, to: "data/a/\u{301}b") }),
                 ("a manifest of an unknown format version", .invalidArgument, true, { artifact in
                     try await rewriteManifest(artifact) { $0["formatVersion"] = 99 }
                 }),
@@ -251,6 +253,10 @@ import Testing
             #expect(await statusCode { _ = try await client.startJob(importing(artifact, into: "i1", "taken")) } == .alreadyExists)
             #expect(await statusCode { _ = try await client.startJob(importing(artifact, into: "i1", "Bad-Name")) } == .invalidArgument)
             #expect(await statusCode { _ = try await client.startJob(export("i0", "missing")) } == .notFound)
+            // Two tables whose names differ only in Unicode normalization (é precomposed, and e
+            // with a combining accent): PostgreSQL keeps them apart, Ferry refuses to merge them.
+            try await run(source, "CREATE SCHEMA uni; CREATE TABLE uni.\"caf\u{e9}\" (a int); CREATE TABLE uni.\"cafe\u{301}\" (a int);")
+            #expect(await statusCode { _ = try await client.startJob(export("i0", "uni")) } == .failedPrecondition)
             var negative = export("i0", "fixture")
             negative.export.ttlSeconds = -1
             #expect(await statusCode { _ = try await client.startJob(negative) } == .invalidArgument)
@@ -301,6 +307,8 @@ import Testing
                     """, logger: logger).map { try $0.decode(String.self) }
             }
             #expect(!verified.isEmpty && !verified.contains("orders"))
+            // Half a tenant is not passed on: exporting the unfinished target is refused.
+            #expect(await statusCode { _ = try await client.startJob(export("i1", "restored")) } == .failedPrecondition)
             let xmins = { (table: String) in
                 "SELECT string_agg(xmin::text, ',' ORDER BY ctid) FROM restored.\"\(table.replacingOccurrences(of: "\"", with: "\"\""))\""
             }
@@ -314,6 +322,9 @@ import Testing
                 #expect(try await scalar(target, xmins(table), as: String?.self) ?? "" == before[table], "\(table) was copied again")
             }
             #expect(try await TenantInspection.data(target, schema: "restored") == TenantInspection.data(source, schema: "fixture"))
+            // Finished, it may be exported like any tenant.
+            let again = try await client.startJob(export("i1", "restored"))
+            #expect(try await client.waitFor(again.id, timeout: .seconds(120)) { $0.status.isTerminal }.status == .succeeded)
         }
     }
 }

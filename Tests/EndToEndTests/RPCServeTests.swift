@@ -124,11 +124,11 @@ import Testing
             #expect(await code(operatorClient, FerryMethods.startJob.info) == .invalidArgument)
             #expect(await code(operatorClient, FerryMethods.putInstance.info) == .permissionDenied)
             #expect(await code(admin, FerryMethods.putInstance.info) == .invalidArgument)
-            // ferryd runs clone but not export yet: a well-formed export StartJob is
-            // UNIMPLEMENTED, and nothing is admitted; a clone of an unregistered instance is
-            // planned, and refused NOT_FOUND.
+            // ferryd runs every kind, and this one has no artifact store: a well-formed export
+            // StartJob is refused FAILED_PRECONDITION, and nothing is admitted; a clone of an
+            // unregistered instance is planned, and refused NOT_FOUND.
             let export: JSONValue = .object(["export": .object(["sourceInstance": .string("a"), "sourceTenant": .string("s")])])
-            #expect(await code(operatorClient, FerryMethods.startJob.info, export) == .unimplemented)
+            #expect(await code(operatorClient, FerryMethods.startJob.info, export) == .failedPrecondition)
             let clone: JSONValue = .object(["clone": .object([
                 "sourceInstance": .string("a"), "sourceTenant": .string("s"), "targetInstance": .string("b"), "targetTenant": .string("t"),
             ])])

@@ -34,7 +34,7 @@ import Testing
 
     @Test func everyProtoMethodHasADescriptorWithItsMessageTypes() throws {
         let proto = try protoMethods()
-        #expect(proto.count == 10, "\(proto.keys.sorted())")
+        #expect(proto.count == 13, "\(proto.keys.sorted())")
         #expect(Set(proto.keys) == Set(FerryMethods.all.map(\.name)))
         for method in FerryMethods.all {
             guard let expected = proto[method.name] else { continue }
@@ -51,6 +51,8 @@ import Testing
             "ferry.v1.Health/Check": nil,
             "ferry.v1.Jobs/GetJob": .viewer, "ferry.v1.Jobs/ListJobs": .viewer, "ferry.v1.Jobs/WatchJob": .viewer,
             "ferry.v1.Instances/ListInstances": .viewer, "ferry.v1.Instances/ListTenants": .viewer,
+            "ferry.v1.Artifacts/ListArtifacts": .viewer, "ferry.v1.Artifacts/GetArtifact": .viewer,
+            "ferry.v1.Artifacts/DeleteArtifact": .admin,
             "ferry.v1.Jobs/StartJob": .operator, "ferry.v1.Jobs/RerunJob": .operator, "ferry.v1.Jobs/CancelJob": .operator,
             "ferry.v1.Instances/PutInstance": .admin,
         ]

@@ -179,6 +179,11 @@ if names.contains("realclone") {
 if names.contains("realreplace") {
     kinds.register(.instanceReplace) { resources in InstanceReplaceKind(settings: resources.settings, hooks: cloneHooks) }
 }
+// "realexport" / "realimport": the real archive kinds (import with the same hooks).
+if names.contains("realexport") { kinds.register(.export) { resources in ExportKind(settings: resources.settings) } }
+if names.contains("realimport") {
+    kinds.register(.import) { resources in ImportKind(settings: resources.settings, controlDatabase: resources.controlDatabase, hooks: cloneHooks) }
+}
 if names.contains("export") { kinds.register(.export) { _ in SteppingJob(steps: steps, totalMs: totalMs, recordRuns: recordRuns) } }
 // Retention hooks: FERRY_TEST_RETENTION_CRASH=1 kills the process (SIGKILL) right after an
 // artifact's folder is deleted, before its row; FERRY_TEST_RETENTION_HOLD_MS stalls each sweep once it holds the lease.

@@ -1,6 +1,9 @@
 import CZstd
 import Crypto
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One data file of an archive: COPY data compressed as a single zstd frame. The writer
 /// hashes (SHA-256) and counts the bytes it writes, the reader the bytes it reads, so the
@@ -16,7 +19,30 @@ enum ArchiveFile {
     struct Failure: Error, CustomStringConvertible {
         var file: String
         var message: String
+        /// The system error behind it, when there is one.
+        var errno: Int32? = nil
         var description: String { "\(file): \(message)" }
+
+        /// True when a retry may get past it: the filesystem failed (I/O error, a stale
+        /// network file handle, no descriptors or space left), not the file's content.
+        var transient: Bool {
+            guard let errno else { return false }
+            return [EIO, ESTALE, EMFILE, ENFILE, ENOSPC, EDQUOT, EINTR, EAGAIN, ENOMEM, ETIMEDOUT].contains(errno)
+        }
+
+        static func system(_ file: String, _ what: String) -> Failure {
+            let code = Glibc.errno
+            return Failure(file: file, message: "\(what): \(String(cString: strerror(code)))", errno: code)
+        }
+    }
+
+    /// Set from another thread to stop a read or write between blocks.
+    final class StopFlag: @unchecked Sendable {
+        private let lock = NSLock()
+        private var stopped = false
+        init() {}
+        func stop() { lock.withLock { stopped = true } }
+        var isStopped: Bool { lock.withLock { stopped } }
     }
 
     /// The checksum and size of a finished file.
@@ -43,7 +69,7 @@ enum ArchiveFile {
         init(path: String) throws {
             self.path = path
             descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o640)
-            guard descriptor >= 0 else { throw Failure(file: path, message: "cannot create: \(String(cString: strerror(errno)))") }
+            guard descriptor >= 0 else { throw Failure.system(path, "cannot create") }
             guard let context = ZSTD_createCCtx() else {
                 close(descriptor)
                 throw Failure(file: path, message: "zstd could not allocate a compression context")
@@ -81,7 +107,7 @@ enum ArchiveFile {
         func finish() throws -> Digest {
             try compress(UnsafeRawBufferPointer(rebasing: input[0..<used]), end: true)
             used = 0
-            guard fsync(descriptor) == 0 else { throw Failure(file: path, message: "fsync: \(String(cString: strerror(errno)))") }
+            guard fsync(descriptor) == 0 else { throw Failure.system(path, "fsync") }
             return Digest(sha256: hash.finalize().map { String(format: "%02x", $0) }.joined(), bytes: written)
         }
 
@@ -105,28 +131,38 @@ enum ArchiveFile {
                 let n = Foundation.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
                 if n < 0 {
                     if errno == EINTR { continue }
-                    throw Failure(file: path, message: "write: \(String(cString: strerror(errno)))")
+                    throw Failure.system(path, "write")
                 }
                 offset += n
             }
         }
     }
 
-    /// Reads a file's bytes as stored, hashing them. Returns its digest. `body` gets each
-    /// block (valid only during the call).
-    static func read(_ path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Digest {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw Failure(file: path, message: errno == ENOENT ? "missing" : "cannot open: \(String(cString: strerror(errno)))") }
+    /// Reads a file's bytes as stored, hashing them, and returns its digest. `body` gets each
+    /// block (valid only during the call). Only a regular file is read: a symbolic link, a
+    /// FIFO or a device is refused without blocking on it. `stop` ends the read between
+    /// blocks (a cancelled job).
+    static func read(_ path: String, stop: StopFlag? = nil, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Digest {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
+        guard descriptor >= 0 else {
+            if errno == ENOENT { throw Failure(file: path, message: "missing", errno: ENOENT) }
+            if errno == ELOOP { throw Failure(file: path, message: "is a symbolic link") }
+            throw Failure.system(path, "cannot open")
+        }
         defer { close(descriptor) }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0 else { throw Failure.system(path, "fstat") }
+        guard (status.st_mode & S_IFMT) == S_IFREG else { throw Failure(file: path, message: "is not a regular file") }
         let block = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
         defer { block.deallocate() }
         var hash = SHA256()
         var total: Int64 = 0
         while true {
+            if stop?.isStopped == true { throw CancellationError() }
             let n = Foundation.read(descriptor, block.baseAddress, block.count)
             if n < 0 {
                 if errno == EINTR { continue }
-                throw Failure(file: path, message: "read: \(String(cString: strerror(errno)))")
+                throw Failure.system(path, "read")
             }
             if n == 0 { break }
             let chunk = UnsafeRawBufferPointer(rebasing: block[0..<n])
@@ -140,13 +176,13 @@ enum ArchiveFile {
     /// Reads a file and decompresses it, handing the COPY data to `body` in blocks. Fails on
     /// data that is not one complete zstd frame (truncated, corrupted: zstd checks its own
     /// content checksum too). Returns the stored file's digest.
-    static func decompress(_ path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Digest {
+    static func decompress(_ path: String, stop: StopFlag? = nil, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Digest {
         guard let context = ZSTD_createDCtx() else { throw Failure(file: path, message: "zstd could not allocate a decompression context") }
         defer { ZSTD_freeDCtx(context) }
         let output = UnsafeMutableRawBufferPointer.allocate(byteCount: ZSTD_DStreamOutSize(), alignment: 16)
         defer { output.deallocate() }
         var frameDone = false
-        let digest = try read(path) { block in
+        let digest = try read(path, stop: stop) { block in
             var source = ZSTD_inBuffer(src: block.baseAddress, size: block.count, pos: 0)
             while source.pos < source.size || !frameDone {
                 if frameDone {

@@ -45,6 +45,10 @@ struct ArchiveManifest: Codable, Sendable {
         /// Rows and content checksum in the export's snapshot (see ``ChecksumMethod``).
         var rows: Int64
         var checksum: String
+        /// The per-row hash expression the checksum summed (over the row aliased `r`): the
+        /// import computes the target's side with exactly this expression, not one rebuilt
+        /// from the target's catalog, which may classify a column differently.
+        var rowHash: String
         /// The table's data, in block order; one file unless the table was split.
         var files: [File]
     }
@@ -77,28 +81,37 @@ struct ArchiveManifest: Codable, Sendable {
             return "format version \(formatVersion) is not one this server reads (it reads version \(Self.currentVersion))"
         }
         guard ChecksumMethod(rawValue: checksumMethod) != nil else { return "unknown checksum method \"\(checksumMethod.prefix(60))\"" }
-        var seen = Set<String>()
+        // Names compared as bytes, as PostgreSQL compares them.
+        var seen = Set<[UInt8]>()
+        let defined = Set(schema.tables.map { Array($0.name.utf8) })
+        guard defined.count == schema.tables.count else { return "a table is defined twice" }
+        // The import keys its work by name as Swift compares names.
+        guard Set(schema.tables.map(\.name)).count == schema.tables.count else {
+            return "two tables have names that differ only in Unicode normalization"
+        }
         for table in tables {
-            guard seen.insert(table.name).inserted else { return "table \(table.name) is listed twice" }
-            guard schema.tables.contains(where: { $0.name == table.name }) else { return "table \(table.name) has data but no definition" }
+            guard seen.insert(Array(table.name.utf8)).inserted else { return "table \(table.name) is listed twice" }
+            guard defined.contains(Array(table.name.utf8)) else { return "table \(table.name) has data but no definition" }
             guard table.copyFormat == "binary" || table.copyFormat == "text" else { return "table \(table.name) has COPY format \"\(table.copyFormat.prefix(20))\"" }
             guard !table.files.isEmpty else { return "table \(table.name) has no data file" }
             for file in table.files {
                 guard Self.isSafe(file.path) else { return "file name \"\(file.path.prefix(200))\" of table \(table.name) is not a plain name inside data/" }
             }
         }
-        for table in schema.tables where !seen.contains(table.name) { return "table \(table.name) has no data" }
-        let paths = tables.flatMap { $0.files.map(\.path) }
+        for table in schema.tables where !seen.contains(Array(table.name.utf8)) { return "table \(table.name) has no data" }
+        let paths = tables.flatMap { $0.files.map { Array($0.path.utf8) } }
         guard Set(paths).count == paths.count else { return "a data file is listed twice" }
         return nil
     }
 
-    /// True for `data/<name>` where name is one plain component: no `/`, no `..`, not hidden,
-    /// not absolute, no NUL or backslash.
+    /// True for `data/<name>` where name is one plain component: no `/`, no `\\`, no NUL, not
+    /// starting with `.`, at most 200 bytes. Checked on the bytes, never on Swift characters
+    /// (a `/` followed by a combining mark is one character, but still a `/` to the kernel).
     static func isSafe(_ path: String) -> Bool {
-        guard path.hasPrefix("data/") else { return false }
-        let name = path.dropFirst(5)
-        guard !name.isEmpty, name.count <= 200, !name.hasPrefix(".") else { return false }
-        return !name.contains("/") && !name.contains("\\") && !name.contains("\0")
+        let bytes = Array(path.utf8)
+        let prefix = Array("data/".utf8)
+        guard bytes.count > prefix.count, bytes.count <= prefix.count + 200, Array(bytes.prefix(prefix.count)) == prefix else { return false }
+        let name = bytes.dropFirst(prefix.count)
+        return name.first != UInt8(ascii: ".") && !name.contains(UInt8(ascii: "/")) && !name.contains(UInt8(ascii: "\\")) && !name.contains(0)
     }
 }

@@ -216,12 +216,11 @@ final class CopyRun: Sendable {
         switch data {
         case .snapshot: typeHashes = sameMajor && sourceVersion >= 140000
         case .archive(let archive):
+            // The import checked the target's version before claiming anything; a server
+            // swapped since is caught here.
             typeHashes = archive.checksumMethod == .typeHashes
-            if typeHashes && targetVersion < 140000 {
-                throw JobFailure(.failedPrecondition, """
-                    the archive's checksums hash column values with hash_record_extended, which instance \(copy.targetInstance) \
-                    (PostgreSQL \(targetVersion / 10000)) does not have: import it into PostgreSQL 14 or later
-                    """, retryable: false)
+            if let problem = ImportKind.versionProblem(archive, targetVersion: targetVersion, instance: copy.targetInstance) {
+                throw JobFailure(.failedPrecondition, problem, retryable: false)
             }
         }
         let pipeline = CopyPipeline(run: self, statements: statements, tables: todo, data: data, access: access,
@@ -303,8 +302,9 @@ final class CopyRun: Sendable {
 
     /// Runs blocking libpq work on its own thread; cancelling the task cancels the
     /// statements of `connections` on their servers.
-    func cancellable<T: Sendable>(_ connections: [PQConnection], _ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await runBlocking(cancelling: connections, body)
+    func cancellable<T: Sendable>(_ connections: [PQConnection], stop: ArchiveFile.StopFlag? = nil,
+                                  _ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await runBlocking(cancelling: connections, stop: stop, body)
     }
 
     /// The job failure an error of this attempt stands for.
@@ -312,7 +312,9 @@ final class CopyRun: Sendable {
         if context.stopReason != nil || error is CancellationError { return CancellationError() }
         if error is JobFailure { return error }
         if let error = error as? ArchiveFile.Failure {
-            return JobFailure(.dataLoss, "reading \(copy.sourceDescription): \(error)", retryable: false)
+            // A failing filesystem may recover; a file that is gone or differs will not.
+            return error.transient ? JobFailure(.unavailable, "reading \(copy.sourceDescription): \(error)", retryable: true)
+                : JobFailure(.dataLoss, "reading \(copy.sourceDescription): \(error)", retryable: false)
         }
         if let refusal = error as? PlanRefusal {
             return JobFailure(refusal.code, refusal.message, retryable: refusal.code == .unavailable)

@@ -77,7 +77,7 @@ final class CopyPipeline: Sendable {
     static func items(_ tables: [TableDefinition], archive: ImportArchive) -> [Item] {
         var items: [Item] = []
         for table in tables {
-            let files = archive.manifest.tables.first { $0.name == table.name }?.files ?? []
+            let files = archive.files(of: table.name)
             if files.count == 1 {
                 items.append(Item(table: table, blocks: nil, weight: files[0].rawBytes))
             } else {
@@ -179,9 +179,12 @@ final class CopyPipeline: Sendable {
                     }
                 case .archive(let archive):
                     let files = item.file.map { [$0] } ?? archive.files(of: name)
-                    rows = try await run.cancellable([target]) {
+                    // A cancelled COPY IN keeps accepting data until it ends: the load checks
+                    // this between blocks instead.
+                    let stop = ArchiveFile.StopFlag()
+                    rows = try await run.cancellable([target], stop: stop) {
                         if whole { try target.execute("BEGIN; TRUNCATE \(table)") }
-                        let rows = try archive.load(files, into: target, copyIn: pipe.copyIn) { bytes in progress.add(bytes: bytes) }
+                        let rows = try archive.load(files, into: target, copyIn: pipe.copyIn, stop: stop) { bytes in progress.add(bytes: bytes) }
                         if whole { try target.execute("COMMIT") }
                         progress.add(rows: rows)
                         return rows
@@ -210,7 +213,7 @@ final class CopyPipeline: Sendable {
             format = binaryAllowed && table.binarySafe ? "binary" : "text"
             sourceTenant = snapshot.tenant
         case .archive(let archive):
-            format = archive.manifest.tables.first { $0.name == table.name }?.copyFormat ?? "text"
+            format = archive.tables[table.name]?.copyFormat ?? "text"
             sourceTenant = archive.manifest.source.tenant
         }
         let columns = table.copyColumns.isEmpty ? "" : " (" + table.copyColumns.map(quoteIdent).joined(separator: ", ") + ")"
@@ -277,12 +280,12 @@ final class CopyPipeline: Sendable {
                     }
                     sums = try await (sourceSum, targetSum)
                 case .archive(let archive):
-                    // The export computed the source's side in its snapshot; the target's hash
-                    // expression is built from the target's own catalog, which the archive's
-                    // schema made column for column.
+                    // The export computed the source's side in its snapshot, with the row hash
+                    // expression the manifest names (over the same columns, which the
+                    // archive's schema created).
+                    let rowHash = archive.rowHash(of: name)
                     let targetSum = try await step("computing the checksum of table \(name) on the target", [checker]) {
                         if let tamper { try checker.execute(tamper) }
-                        let rowHash = try TableChecksum.rowHash(copy.targetTenant, name, on: checker, typeHashes: typeHashes)
                         return try TableChecksum.compute(copy.targetTenant, name, rowHash: rowHash, on: checker)
                     }
                     sums = (archive.checksum(of: name), targetSum)

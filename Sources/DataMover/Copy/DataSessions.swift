@@ -88,12 +88,15 @@ extension DatabaseURL {
 }
 
 /// Runs blocking libpq (or file) work on its own thread; cancelling the task cancels the
-/// statements of `connections` on their servers, so the work ends promptly.
-func runBlocking<T: Sendable>(cancelling connections: [PQConnection], _ body: @escaping @Sendable () throws -> T) async throws -> T {
+/// statements of `connections` on their servers and raises `stop`, which file loops check
+/// between blocks, so the work ends promptly.
+func runBlocking<T: Sendable>(cancelling connections: [PQConnection], stop: ArchiveFile.StopFlag? = nil,
+                              _ body: @escaping @Sendable () throws -> T) async throws -> T {
     try Task.checkCancellation()
     return try await withTaskCancellationHandler {
         try await PQThread.run(body)
     } onCancel: {
+        stop?.stop()
         for connection in connections { connection.cancel() }
     }
 }

@@ -52,36 +52,38 @@ public struct ExportKind: JobRunner {
     }
 
     public func plan(_ params: Params, _ context: PlanContext) async throws -> [JobTouch] {
-        _ = try Self.store(settings)
+        _ = try await Self.store(settings)
         try await context.requireTenant(instance: params.sourceInstance, tenant: params.sourceTenant)
         try await CloneKind.requireSupported(instance: params.sourceInstance, tenant: params.sourceTenant, context)
         return [JobTouch(instance: params.sourceInstance, tenant: params.sourceTenant, writes: false)]
     }
 
-    /// The server's artifact store; FAILED_PRECONDITION when it has none or cannot open it.
-    static func store(_ settings: JobSettings) throws(PlanRefusal) -> ArtifactStore {
+    /// The server's artifact store, opened off the concurrency threads (a hung network
+    /// filesystem must not stall the replica); a ``PlanRefusal`` (FAILED_PRECONDITION) when
+    /// the server has none or cannot open it.
+    static func store(_ settings: JobSettings) async throws -> ArtifactStore {
         guard let directory = settings.artifactDirectory else {
-            throw .failedPrecondition(["this server has no artifact store: start ferryd with --artifact-dir (a directory every replica shares)"])
+            throw PlanRefusal.failedPrecondition(["this server has no artifact store: start ferryd with --artifact-dir (a directory every replica shares)"])
         }
         do {
-            return try ArtifactStore(directory: directory)
+            return try await runBlocking(cancelling: []) { try ArtifactStore(directory: directory) }
         } catch {
-            throw .failedPrecondition(["the artifact store \(directory) cannot be used: \(error)"])
+            throw PlanRefusal.failedPrecondition(["the artifact store \(directory) cannot be used: \(error)"])
         }
     }
 
     public func run(_ params: Params, _ context: JobContext) async throws {
         let store: ArtifactStore
         do {
-            store = try Self.store(settings)
-        } catch {
-            throw JobFailure(.failedPrecondition, error.message, retryable: true)
+            store = try await Self.store(settings)
+        } catch let refusal as PlanRefusal {
+            throw JobFailure(.failedPrecondition, refusal.message, retryable: true)
         }
         let run = ExportRun(params: params, store: store, context: context)
         do {
             try await run.run()
         } catch {
-            run.removeStaging()
+            await run.removeStaging()
             throw run.failure(error)
         }
     }
@@ -110,7 +112,7 @@ final class ExportRun: Sendable {
     /// What a finished task produced.
     enum Output: Sendable {
         case file(table: String, lower: Int64, ArchiveManifest.File)
-        case checksum(table: String, TableChecksum)
+        case checksum(table: String, TableChecksum, rowHash: String)
     }
 
     func run() async throws {
@@ -119,9 +121,13 @@ final class ExportRun: Sendable {
         progress.setTotals(tables: 0, tenants: 1)
         let snapshot = try await SourceSnapshot.take(instance: params.sourceInstance, tenant: params.sourceTenant, context)
         defer { Task { [instances = context.instances] in await instances.close(snapshot.session) } }
-        let folder = try store.prepareStaging(job: context.jobID)
+        // Every filesystem call runs off the concurrency threads, as the store's opening does.
+        let folder = try await runBlocking(cancelling: []) { [store, jobID = context.jobID] in
+            let folder = try store.prepareStaging(job: jobID)
+            try FileManager.default.createDirectory(atPath: folder + "/data", withIntermediateDirectories: false)
+            return folder
+        }
         staging.withLock { $0 = folder }
-        try FileManager.default.createDirectory(atPath: folder + "/data", withIntermediateDirectories: false)
 
         let schema = snapshot.schema
         let method: ArchiveManifest.ChecksumMethod = snapshot.serverVersion >= 140000 ? .typeHashes : .rowText
@@ -132,12 +138,11 @@ final class ExportRun: Sendable {
         // never by the table's name, which may hold any character.
         var tasks: [Work] = []
         var left: [String: Int] = [:]
-        let items = CopyPipeline.items(schema.tables, splitBytes: params.widths.splitTableBytes)
-        let index = Dictionary(uniqueKeysWithValues: schema.tables.enumerated().map { ($1.name, $0) })
-        for table in schema.tables.sorted(by: { $0.bytes > $1.bytes }) {
-            let mine = items.filter { $0.table.name == table.name }.sorted { ($0.blocks?.lower ?? 0) < ($1.blocks?.lower ?? 0) }
+        let items = Dictionary(grouping: CopyPipeline.items(schema.tables, splitBytes: params.widths.splitTableBytes), by: \.table.name)
+        for (index, table) in schema.tables.enumerated().sorted(by: { $0.element.bytes > $1.element.bytes }) {
+            let mine = (items[table.name] ?? []).sorted { ($0.blocks?.lower ?? 0) < ($1.blocks?.lower ?? 0) }
             for (part, item) in mine.enumerated() {
-                tasks.append(.file(item, path: String(format: "data/%05d.%04d.copy.zst", index[table.name] ?? 0, part)))
+                tasks.append(.file(item, path: String(format: "data/%05d.%04d.copy.zst", index, part)))
             }
             // The checksum right after the table's files: it reads what they read, while it
             // is still cached.
@@ -159,23 +164,24 @@ final class ExportRun: Sendable {
         // files' rows must add up to the checksum's count (both read the one snapshot).
         var tables: [ArchiveManifest.Table] = []
         var results: [TableResult] = []
-        for table in schema.tables {
-            let files = outputs.compactMap { output -> (Int64, ArchiveManifest.File)? in
-                if case .file(table.name, let lower, let file) = output { return (lower, file) }
-                return nil
-            }.sorted { $0.0 < $1.0 }.map(\.1)
-            let sums = outputs.compactMap { output -> TableChecksum? in
-                if case .checksum(table.name, let sum) = output { return sum }
-                return nil
+        var filesOf: [String: [(lower: Int64, file: ArchiveManifest.File)]] = [:]
+        var sumOf: [String: (sum: TableChecksum, rowHash: String)] = [:]
+        for output in outputs {
+            switch output {
+            case .file(let table, let lower, let file): filesOf[table, default: []].append((lower, file))
+            case .checksum(let table, let sum, let rowHash): sumOf[table] = (sum, rowHash)
             }
-            guard let sum = sums.first else { throw JobFailure(.internal, "table \(table.name) has no checksum", retryable: true) }
+        }
+        for table in schema.tables {
+            let files = (filesOf[table.name] ?? []).sorted { $0.lower < $1.lower }.map(\.file)
+            guard let (sum, rowHash) = sumOf[table.name] else { throw JobFailure(.internal, "table \(table.name) has no checksum", retryable: true) }
             let rows = files.reduce(0) { $0 + $1.rows }
             guard rows == sum.rows else {
                 throw JobFailure(.dataLoss, "table \(table.name): the archive's files hold \(rows) rows but the snapshot has \(sum.rows)", retryable: false)
             }
             tables.append(ArchiveManifest.Table(
                 name: table.name, columns: table.copyColumns, copyFormat: Self.format(table),
-                sourceBytes: table.bytes, rows: sum.rows, checksum: sum.sum, files: files))
+                sourceBytes: table.bytes, rows: sum.rows, checksum: sum.sum, rowHash: rowHash, files: files))
             results.append(TableResult.with {
                 $0.tenant = params.sourceTenant
                 $0.table = table.name
@@ -191,22 +197,27 @@ final class ExportRun: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let manifestData = try encoder.encode(manifest)
-        let manifestPath = folder + "/manifest.json"
-        guard FileManager.default.createFile(atPath: manifestPath, contents: manifestData) else {
-            throw ArchiveFile.Failure(file: manifestPath, message: "cannot be written")
+        try await runBlocking(cancelling: []) {
+            let manifestPath = folder + "/manifest.json"
+            guard FileManager.default.createFile(atPath: manifestPath, contents: manifestData) else {
+                throw ArchiveFile.Failure(file: manifestPath, message: "cannot be written")
+            }
+            try Self.sync(manifestPath)
+            try Self.sync(folder + "/data")
+            try Self.sync(folder)
         }
-        try Self.sync(manifestPath)
-        try Self.sync(folder + "/data")
-        try Self.sync(folder)
         let sha256 = SHA256.hash(data: manifestData).map { String(format: "%02x", $0) }.joined()
         let size = Int64(manifestData.count) + tables.reduce(0) { $0 + $1.files.reduce(0) { $0 + $1.bytes } }
 
         // Published (renamed into place) before its record exists: a crash in between leaves
         // a folder without a record, which retention removes; never a record without files.
         let artifactID = UUID()
-        let path = try store.publish(staging: folder, artifact: artifactID)
+        let path = try await runBlocking(cancelling: []) { [store] in
+            let path = try store.publish(staging: folder, artifact: artifactID)
+            try Self.sync(store.directory)
+            return path
+        }
         staging.withLock { $0 = nil }
-        try Self.sync(store.directory)
         let record = ArtifactRecord(
             id: artifactID, jobID: context.jobID, storeID: store.storeID, path: path,
             sourceInstance: params.sourceInstance, sourceTenant: params.sourceTenant, sizeBytes: size, sha256: sha256,
@@ -273,17 +284,17 @@ final class ExportRun: Sendable {
                 progress.started("\(name) (checksum)")
                 let typeHashes = method == .typeHashes
                 let tenant = params.sourceTenant
-                let sum: TableChecksum
+                let sum: (TableChecksum, String)
                 do {
                     sum = try await runBlocking(cancelling: [reader]) {
                         let rowHash = try TableChecksum.rowHash(tenant, name, on: reader, typeHashes: typeHashes)
-                        return try TableChecksum.compute(tenant, name, rowHash: rowHash, on: reader)
+                        return (try TableChecksum.compute(tenant, name, rowHash: rowHash, on: reader), rowHash)
                     }
                 } catch let error as PQError {
                     throw StepError(step: "computing the checksum of table \(name)", underlying: error)
                 }
                 progress.finished("\(name) (checksum)", done: false)
-                outputs.append(.checksum(table: name, sum))
+                outputs.append(.checksum(table: name, sum.0, rowHash: sum.1))
                 if await queue.done(name) { progress.finished(name, done: true) }
             }
         }
@@ -300,9 +311,9 @@ final class ExportRun: Sendable {
 
     /// Removes the attempt's staging folder after a failure (best effort: retention removes
     /// what is left once the job is no longer RUNNING).
-    func removeStaging() {
+    func removeStaging() async {
         guard let folder = staging.withLock({ $0 }) else { return }
-        try? FileManager.default.removeItem(atPath: folder)
+        _ = try? await PQThread.run { try FileManager.default.removeItem(atPath: folder) }
     }
 
     /// The job failure an error of this attempt stands for.
@@ -315,6 +326,10 @@ final class ExportRun: Sendable {
         }
         if let error = error as? CocoaError {
             return JobFailure(.unavailable, "writing the archive: \(error.localizedDescription)", retryable: true)
+        }
+        if error is ArtifactStoreError {
+            // Staging or publishing in the store failed (no space, no permission).
+            return JobFailure(.unavailable, "writing the archive: \(error)", retryable: true)
         }
         if let refusal = error as? PlanRefusal { return JobFailure(refusal.code, refusal.message, retryable: refusal.code == .unavailable) }
         return JobFailure.dataPath(error, reading: "tenant \(params.sourceTenant) on instance \(params.sourceInstance)")

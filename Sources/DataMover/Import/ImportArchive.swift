@@ -14,6 +14,9 @@ public struct ImportArchive: Sendable {
     public let record: ArtifactRecord
     let folder: String
     let manifest: ArchiveManifest
+    /// The manifest's tables by name (names are unique, also under Unicode equivalence:
+    /// ``ArchiveManifest/problem()`` refuses a manifest where they are not).
+    let tables: [String: ArchiveManifest.Table]
 
     /// Opens the archive of `record` in `store`. Refuses (each as a ``PlanRefusal``):
     /// - an archive in another store (FAILED_PRECONDITION: the replicas do not share one
@@ -59,36 +62,42 @@ public struct ImportArchive: Sendable {
         if let problem = manifest.problem() {
             throw .invalidArgument(field: "importParams.artifactId", message: "names artifact \(id), whose manifest is refused: \(problem)")
         }
-        return ImportArchive(record: record, folder: folder, manifest: manifest)
+        return ImportArchive(record: record, folder: folder, manifest: manifest,
+                             tables: Dictionary(manifest.tables.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first }))
     }
 
-    /// Reads every data file and checks its size and SHA-256 against the manifest; also
-    /// refuses a file that is a symbolic link or not a regular file, or a `data` folder that
-    /// is not a real directory. Blocks.
-    func verifyFiles() throws(PlanRefusal) {
+    /// Reads every data file of the tables not in `skipping` (the ones the lineage verified
+    /// already) and checks its size and SHA-256 against the manifest; also refuses a file that
+    /// is a symbolic link or not a regular file, or a `data` folder that is not a real
+    /// directory. `stop` ends it between blocks. Blocks.
+    func verifyFiles(skipping: Set<String> = [], stop: ArchiveFile.StopFlag? = nil) throws {
         let id = record.id.uuidString.lowercased()
         var status = stat()
         guard lstat(folder + "/data", &status) == 0, (status.st_mode & S_IFMT) == S_IFDIR else {
-            throw .dataLoss("artifact \(id): its data folder is missing or not a directory")
+            throw PlanRefusal.dataLoss("artifact \(id): its data folder is missing or not a directory")
         }
-        for table in manifest.tables {
+        for table in manifest.tables where !skipping.contains(table.name) {
             for file in table.files {
                 let path = folder + "/" + file.path
-                guard lstat(path, &status) == 0 else { throw .dataLoss("artifact \(id): \(file.path) (table \(table.name)) is missing") }
+                guard lstat(path, &status) == 0 else { throw PlanRefusal.dataLoss("artifact \(id): \(file.path) (table \(table.name)) is missing") }
                 guard (status.st_mode & S_IFMT) == S_IFREG else {
-                    throw .dataLoss("artifact \(id): \(file.path) (table \(table.name)) is not a regular file")
+                    throw PlanRefusal.dataLoss("artifact \(id): \(file.path) (table \(table.name)) is not a regular file")
                 }
                 let digest: ArchiveFile.Digest
                 do {
-                    digest = try ArchiveFile.read(path) { _ in }
+                    digest = try ArchiveFile.read(path, stop: stop) { _ in }
+                } catch let failure as ArchiveFile.Failure where failure.transient {
+                    throw failure
+                } catch is CancellationError {
+                    throw CancellationError()
                 } catch {
-                    throw .dataLoss("artifact \(id): \(file.path) (table \(table.name)) cannot be read: \(error)")
+                    throw PlanRefusal.dataLoss("artifact \(id): \(file.path) (table \(table.name)) cannot be read: \(error)")
                 }
                 guard digest.bytes == file.bytes else {
-                    throw .dataLoss("artifact \(id): \(file.path) (table \(table.name)) has \(digest.bytes) bytes, the manifest says \(file.bytes)")
+                    throw PlanRefusal.dataLoss("artifact \(id): \(file.path) (table \(table.name)) has \(digest.bytes) bytes, the manifest says \(file.bytes)")
                 }
                 guard digest.sha256 == file.sha256 else {
-                    throw .dataLoss("artifact \(id): \(file.path) (table \(table.name)) is corrupt: sha256 \(digest.sha256), the manifest says \(file.sha256)")
+                    throw PlanRefusal.dataLoss("artifact \(id): \(file.path) (table \(table.name)) is corrupt: sha256 \(digest.sha256), the manifest says \(file.sha256)")
                 }
             }
         }
@@ -106,23 +115,27 @@ public struct ImportArchive: Sendable {
 
     var checksumMethod: ArchiveManifest.ChecksumMethod { ArchiveManifest.ChecksumMethod(rawValue: manifest.checksumMethod) ?? .rowText }
 
-    func files(of table: String) -> [ArchiveManifest.File] { manifest.tables.first { $0.name == table }?.files ?? [] }
+    func files(of table: String) -> [ArchiveManifest.File] { tables[table]?.files ?? [] }
 
     /// The source's row count and checksum of `table`, as the export computed them.
     func checksum(of table: String) -> TableChecksum {
-        let entry = manifest.tables.first { $0.name == table }
+        let entry = tables[table]
         return TableChecksum(rows: entry?.rows ?? -1, sum: entry?.checksum ?? "")
     }
+
+    /// The row hash expression the export's checksum of `table` summed.
+    func rowHash(of table: String) -> String { tables[table]?.rowHash ?? "" }
 
     /// Streams `files` (decompressed) into one `COPY … FROM STDIN` on `target` and returns
     /// the rows the target loaded. A file whose digest no longer matches the manifest aborts
     /// the COPY, so nothing of it is committed. Blocks.
-    func load(_ files: [ArchiveManifest.File], into target: PQConnection, copyIn: String, progress: (_ bytes: Int64) -> Void) throws -> Int64 {
+    func load(_ files: [ArchiveManifest.File], into target: PQConnection, copyIn: String, stop: ArchiveFile.StopFlag,
+              progress: (_ bytes: Int64) -> Void) throws -> Int64 {
         try target.startCopyIn(copyIn)
         do {
             for file in files {
                 var pending: Int64 = 0
-                let digest = try ArchiveFile.decompress(folder + "/" + file.path) { block in
+                let digest = try ArchiveFile.decompress(folder + "/" + file.path, stop: stop) { block in
                     try target.writeCopyData(block)
                     pending += Int64(block.count)
                     if pending >= CopyPipe.reportBytes {

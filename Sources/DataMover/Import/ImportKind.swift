@@ -51,39 +51,83 @@ public struct ImportKind: JobRunner {
     }
 
     public func plan(_ params: Params, _ context: PlanContext) async throws -> [JobTouch] {
-        let store = try ExportKind.store(settings)
-        _ = try await archive(params.artifactID, store: store, context.logger)
+        let store = try await ExportKind.store(settings)
+        let archive = try await archive(params.artifactID, store: store, context.logger)
         try await context.requireTargetTenantAvailable(instance: params.targetInstance, tenant: params.targetTenant)
+        let version: Int
+        do {
+            version = try await context.instances.withSession(params.targetInstance, logger: context.logger) { connection in
+                try await connection.execute("SELECT current_setting('server_version_num')::int", logger: context.logger).first?.decode(Int.self) ?? 0
+            }
+        } catch let refusal as PlanRefusal {
+            throw refusal
+        } catch {
+            throw PlanRefusal.unavailable("cannot reach instance \(params.targetInstance): \(error)")
+        }
+        if let problem = Self.versionProblem(archive, targetVersion: version, instance: params.targetInstance) {
+            throw PlanRefusal.failedPrecondition([problem])
+        }
         return [JobTouch(instance: params.targetInstance, tenant: params.targetTenant, writes: true)]
     }
 
+    /// Why `archive` cannot be verified on a server of `targetVersion`, if it cannot: its
+    /// checksums hash column values with `hash_record_extended`, which PostgreSQL has from 14.
+    static func versionProblem(_ archive: ImportArchive, targetVersion: Int, instance: String) -> String? {
+        guard archive.checksumMethod == .typeHashes, targetVersion < 140000 else { return nil }
+        return """
+            the archive's checksums hash column values with hash_record_extended, which instance \(instance) \
+            (PostgreSQL \(targetVersion / 10000)) does not have: import it into PostgreSQL 14 or later
+            """
+    }
+
     /// The artifact's archive, opened: NOT_FOUND for an unknown (or deleted) artifact,
-    /// FAILED_PRECONDITION for an expired one, and ``ImportArchive/open(_:store:)``'s checks.
+    /// FAILED_PRECONDITION for an expired one (by the control database's clock, the one
+    /// retention and DeleteArtifact use), and ``ImportArchive/open(_:store:)``'s checks.
     func archive(_ id: UUID, store: ArtifactStore, _ logger: Logger) async throws -> ImportArchive {
-        let record: ArtifactRecord?
+        let found: (record: ArtifactRecord, now: Date)?
         do {
-            record = try await controlDatabase.withConnection { try await ArtifactRecords.get(id, on: $0, logger: logger) }
+            found = try await controlDatabase.withConnection { connection in
+                guard let record = try await ArtifactRecords.get(id, on: connection, logger: logger) else { return nil }
+                let now = try await connection.execute("SELECT now()", logger: logger).first?.decode(Date.self) ?? Date()
+                return (record, now)
+            }
         } catch {
             throw PlanRefusal.unavailable("the control database is unavailable; retry")
         }
         let text = id.uuidString.lowercased()
-        guard let record else { throw PlanRefusal.notFound("artifact \(text) does not exist (never written, or deleted)") }
-        guard record.expiresAt > Date() else {
+        guard let (record, now) = found else { throw PlanRefusal.notFound("artifact \(text) does not exist (never written, or deleted)") }
+        guard record.expiresAt > now else {
             throw PlanRefusal.failedPrecondition(["artifact \(text) expired at \(ISO8601DateFormatter().string(from: record.expiresAt)) and is about to be deleted"])
         }
-        return try ImportArchive.open(record, store: store)
+        return try await runBlocking(cancelling: []) { try ImportArchive.open(record, store: store) }
     }
 
     public func run(_ params: Params, _ context: JobContext) async throws {
         let archive: ImportArchive
         do {
-            let store = try ExportKind.store(settings)
+            // Checked again now that the job is RUNNING: an artifact expired or deleted since
+            // the plan is refused here, before anything is written (and one that is still
+            // there is kept from DeleteArtifact and retention by this job's status).
+            let store = try await ExportKind.store(settings)
             archive = try await self.archive(params.artifactID, store: store, context.logger)
+            let session = try await context.instances.open(params.targetInstance)
+            let version = try await session.execute("SELECT current_setting('server_version_num')::int", logger: context.logger).first?.decode(Int.self) ?? 0
+            await context.instances.close(session)
+            if let problem = Self.versionProblem(archive, targetVersion: version, instance: params.targetInstance) {
+                throw PlanRefusal.failedPrecondition([problem])
+            }
+            // Every file of the tables still to load, before anything is written; the ones
+            // this lineage verified already are not read again.
             context.progress.setPhase("checking")
             context.progress.setCurrent("archive \(params.artifactID.uuidString.lowercased())")
-            try await runBlocking(cancelling: []) { try archive.verifyFiles() }
+            let verified = Set(try await context.checkpoints.tables()
+                .filter { $0.tenant == params.targetTenant && $0.status == .verified }.map(\.table))
+            let stop = ArchiveFile.StopFlag()
+            try await runBlocking(cancelling: [], stop: stop) { try archive.verifyFiles(skipping: verified, stop: stop) }
         } catch let refusal as PlanRefusal {
             throw JobFailure(refusal.code, refusal.message, retryable: refusal.code == .unavailable)
+        } catch let failure as ArchiveFile.Failure {
+            throw JobFailure(.unavailable, "reading the archive: \(failure)", retryable: true)
         }
         let copy = TenantCopy(source: .archive(archive), targetInstance: params.targetInstance, targetTenant: params.targetTenant,
                               widths: params.widths, hooks: hooks)

@@ -86,7 +86,7 @@ private struct CatalogReader {
         catalog.sequences = try await sequences(tables: Set(tables.map(\.name)))
         catalog.foreignKeys = try await foreignKeys()
         catalog.views = try await views()
-        return TenantSchema(tenant: tenant, tables: definitions, unsupported: try await unsupported(), catalog: catalog)
+        return TenantSchema(tenant: tenant, tables: definitions, unsupported: try await unsupported() + Self.equivalentNames(catalog), catalog: catalog)
     }
 
     private func enums() async throws -> [EnumType] {
@@ -345,6 +345,19 @@ private struct CatalogReader {
     }
 
     /// Everything in the tenant Ferry does not copy, each named for a person, sorted.
+    /// Objects whose names differ in bytes but are one name to Swift (Unicode canonical
+    /// equivalence, e.g. a precomposed `é` and `e` + a combining accent): PostgreSQL keeps
+    /// them apart, but the copy engine keys its work by name and would merge them. Refused.
+    static func equivalentNames(_ catalog: SchemaCatalog) -> [String] {
+        let names = catalog.tables.map(\.name) + catalog.sequences.map(\.name) + catalog.views.map(\.name)
+            + catalog.enums.map(\.name) + catalog.domains.map(\.name)
+        return Dictionary(grouping: names, by: { $0 }).values
+            .filter { group in Set(group.map { Array($0.utf8) }).count > 1 }
+            .map { group in "objects " + group.map { "\"\($0)\" (UTF-8 \(Array($0.utf8).map { String(format: "%02x", $0) }.joined()))" }
+                .joined(separator: " and ") + " have names that differ only in Unicode normalization" }
+            .sorted()
+    }
+
     private func unsupported() async throws -> [String] {
         let pgCatalog = "'pg_catalog'::regnamespace"
         let qualifiedRelation = "quote_ident(n.nspname) || '.' || quote_ident(c.relname)"
