@@ -84,6 +84,15 @@ public enum ArtifactRemoval {
         guard let record = try await ArtifactRecords.get(id, on: connection, logger: logger) else { return nil }
         if let refusal = try await check(record, store: store, on: connection, logger: logger) { throw refusal }
         guard let store, try await ArtifactRecords.expireNow(id, on: connection, logger: logger) else { return nil }
+        // Looked for again once expired: an import checks the expiry (by the same database
+        // clock) after it is RUNNING and before it reads anything, so either it saw the
+        // artifact expired and reads nothing, or it is RUNNING and found here. The expiry is
+        // then put back and the deletion refused.
+        let imports = try await ArtifactRecords.importsReading(record.id, on: connection, logger: logger)
+        guard imports.isEmpty else {
+            try await connection.execute("UPDATE job_artifacts SET expires_at = \(record.expiresAt) WHERE id = \(id)", logger: logger)
+            throw Refusal.inUse(importJobs: imports)
+        }
         let removed = try await deleteFilesThenRow(record, store: store, hooks: hooks, on: connection, logger: logger)
         return removed.rowDeleted ? record : nil
     }
