@@ -418,6 +418,32 @@ import Testing
         }
     }
 
+    /// A source tenant that is the unfinished target of another job lineage (a clone into the
+    /// source instance that failed verification) is not copied as if it were whole: that
+    /// tenant fails, FAILED_PRECONDITION naming the lineage, and the others are copied.
+    @Test func aSourceTenantThatIsAnotherLineagesUnfinishedTargetFailsAlone() async throws {
+        let kinds = ["FERRY_TEST_KINDS": "realreplace,realclone", "FERRY_TEST_CLONE_BEFORE_VERIFY": "half.items@1:UPDATE {schema}.items SET note = 'x' WHERE id = 1"]
+        try await Replicas.with(count: 1, instances: 2, environments: [kinds]) { replicas in
+            try await run(replicas.instances["i0"]!, tenantSQL("whole", rows: 300))
+            let client = try await replicas.client(0)
+            defer { client.close() }
+            var clone = StartJobRequest()
+            clone.clone = .clone(from: "i0", "whole", to: "i0", "half")
+            let cloning = try await client.startJob(clone)
+            let cloned = try await client.waitFor(cloning.id) { $0.status.isTerminal }
+            #expect(cloned.status == .failed && cloned.error.code == "DATA_LOSS", "\(cloned.error)")
+
+            let job = try await client.startJob(request("i0", "i1"))
+            let done = try await client.waitFor(job.id, timeout: .seconds(120)) { $0.status.isTerminal }
+            #expect(done.status == .failed && done.error.code == "FAILED_PRECONDITION", "\(done.error)")
+            #expect(outcomes(done) == ["half": .tenantFailed, "whole": .tenantSucceeded])
+            let error = done.result.tenants.first { $0.tenant == "half" }?.error
+            #expect(error?.message.contains("unfinished target of job lineage \(cloning.rootJobID)") == true, "\(String(describing: error))")
+            #expect(try await scalar(replicas.instances["i1"]!, "SELECT count(*)::int FROM pg_namespace WHERE nspname = 'half'") as Int == 0)
+            try await expectCopies(["whole"], replicas.instances["i0"]!, replicas.instances["i1"]!)
+        }
+    }
+
     // MARK: Progress
 
     /// A watcher sees the tenants: their number, how many are done, which are in flight (never

@@ -177,7 +177,7 @@ if names.contains("realclone") {
 }
 // "realreplace": the real instance_replace kind, with the same hooks.
 if names.contains("realreplace") {
-    kinds.register(.instanceReplace) { resources in InstanceReplaceKind(settings: resources.settings, hooks: cloneHooks) }
+    kinds.register(.instanceReplace) { resources in InstanceReplaceKind(settings: resources.settings, controlDatabase: resources.controlDatabase, hooks: cloneHooks) }
 }
 // "realexport" / "realimport": the real archive kinds (import with the same hooks).
 if names.contains("realexport") { kinds.register(.export) { resources in ExportKind(settings: resources.settings) } }

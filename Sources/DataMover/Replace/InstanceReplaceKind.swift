@@ -15,8 +15,9 @@ import Synchronization
 ///   both instances registered (NOT_FOUND), the source not the target (INVALID_ARGUMENT, with
 ///   the other parameter checks), every listed tenant present on the source (NOT_FOUND), and
 ///   at least one tenant to copy (FAILED_PRECONDITION). What only concerns one tenant (objects
-///   Ferry cannot copy, a target tenant that is not this lineage's) is that tenant's failure
-///   at run time, never a refusal of the job.
+///   Ferry cannot copy, a target tenant that is not this lineage's, a source tenant that is
+///   another lineage's unfinished target) is that tenant's failure at run time, never a
+///   refusal of the job.
 /// - Run: the tenants are listed again; those the lineage finished with SUCCEEDED are skipped,
 ///   the others copied (resuming, table by table, into the lineage's own partial targets).
 ///   Each tenant's start and outcome is a row of `instance_replace_results`; a failing tenant
@@ -33,10 +34,14 @@ public struct InstanceReplaceKind: JobRunner {
     }
 
     let settings: JobSettings
+    /// The control database, read at run time for what the job context does not say: whether
+    /// a source tenant is another lineage's unfinished target.
+    let controlDatabase: PostgresClient
     let hooks: CloneHooks
 
-    public init(settings: JobSettings, hooks: CloneHooks = CloneHooks()) {
+    public init(settings: JobSettings, controlDatabase: PostgresClient, hooks: CloneHooks = CloneHooks()) {
         self.settings = settings
+        self.controlDatabase = controlDatabase
         self.hooks = hooks
     }
 
@@ -136,7 +141,7 @@ public struct InstanceReplaceKind: JobRunner {
     }
 
     public func run(_ params: Params, _ context: JobContext) async throws {
-        let run = ReplaceRun(params: params, context: context, hooks: hooks)
+        let run = ReplaceRun(params: params, context: context, controlDatabase: controlDatabase, hooks: hooks)
         try await run.run()
     }
 }
@@ -150,15 +155,17 @@ struct TenantEnd: Sendable {
 final class ReplaceRun: Sendable {
     let params: InstanceReplaceKind.Params
     let context: JobContext
+    let controlDatabase: PostgresClient
     let hooks: CloneHooks
     /// What each tenant of this attempt ended with (those it finished; the failure kept with
     /// its code, which the results table does not hold).
     private let ends = Mutex<[String: TenantEnd]>([:])
     var logger: Logger { context.logger }
 
-    init(params: InstanceReplaceKind.Params, context: JobContext, hooks: CloneHooks) {
+    init(params: InstanceReplaceKind.Params, context: JobContext, controlDatabase: PostgresClient, hooks: CloneHooks) {
         self.params = params
         self.context = context
+        self.controlDatabase = controlDatabase
         self.hooks = hooks
     }
 
@@ -253,6 +260,7 @@ final class ReplaceRun: Sendable {
             guard onSource else {
                 throw JobFailure(.notFound, "tenant \(tenant) does not exist on instance \(params.sourceInstance) (any more)", retryable: false)
             }
+            try await refuseUnfinishedSource(tenant)
             if !lineageStarted { try await refuseForeignTarget(tenant) }
             let copy = TenantCopy(sourceInstance: params.sourceInstance, sourceTenant: tenant,
                                   targetInstance: params.targetInstance, targetTenant: tenant,
@@ -273,6 +281,25 @@ final class ReplaceRun: Sendable {
         ends.withLock { $0[tenant] = TenantEnd(failure: nil) }
         done = true
         logger.info("instance_replace: tenant copied", metadata: ["tenant": "\(tenant)"])
+    }
+
+    /// A source tenant that is another job lineage's partial target (a clone or import not
+    /// finished) would be passed on as whole: that tenant fails (as a clone of it is refused).
+    private func refuseUnfinishedSource(_ tenant: String) async throws {
+        let creator: UUID?
+        do {
+            creator = try await controlDatabase.withConnection { [params, logger] in
+                try await JobLifecycle.unfinishedCreator(instance: params.sourceInstance, tenant: tenant, on: $0, logger: logger)
+            }
+        } catch {
+            throw JobFailure(.unavailable, "cannot read the control database to check tenant \(tenant): \(DatabaseError(running: "reading the tenant's claim", error: error).message)", retryable: true)
+        }
+        if let creator {
+            throw JobFailure(.failedPrecondition, """
+                tenant \(tenant) on instance \(params.sourceInstance) is the unfinished target of job lineage \(creator.uuidString.lowercased()): \
+                rerun that job to finish it (or drop the tenant) before copying it
+                """, retryable: false)
+        }
     }
 
     /// A target tenant this lineage never wrote to must not exist yet. The tenant copy checks
