@@ -124,6 +124,13 @@ public struct Checkpoints: Sendable {
         }
     }
 
+    /// Gives up the claim ``claimTenant(instance:tenant:)`` just made (`.new`) when the kind
+    /// then finds the tenant already exists and is not Ferry's: the tenant stays someone
+    /// else's, and no rerun of this lineage may resume into it.
+    public func releaseTenant(instance: String, tenant: String) async throws {
+        try await guarded { try await JobLifecycle.releaseClaim(instance: instance, tenant: tenant, job: jobID, owner: owner, on: $0, logger: logger) }
+    }
+
     /// Runs `write` (given the job's id and this replica's name) as a write that must only
     /// happen while the job is still this replica's: the statement checks that itself and
     /// returns whether it wrote. Throws `CancellationError` (and stops the job) when not.

@@ -326,6 +326,21 @@ public enum JobLifecycle {
         throw RPCError(.unavailable, "the claim of tenant \(tenant) on instance \(instance) could not be read; retry")
     }
 
+    /// Gives up a claim this lineage just made on a tenant it found already there (not
+    /// Ferry's): left behind, the claim would make a rerun take the foreign tenant for its own
+    /// partial result and resume into it. Only `job`'s lineage's claim is removed, and only
+    /// while the job is still `owner`'s.
+    public static func releaseClaim(
+        instance: String, tenant: String, job: UUID, owner: String, on connection: PostgresConnection, logger: Logger
+    ) async throws -> Bool {
+        !(try await connection.execute("""
+            DELETE FROM tenant_claims c USING jobs j
+             WHERE j.id = \(job) AND j.owner = \(owner) AND j.status = 'RUNNING'
+               AND c.instance_id = \(instance) AND c.tenant = \(tenant) AND c.root_job_id = j.root_job_id
+            RETURNING 1
+            """, logger: logger)).isEmpty
+    }
+
     /// Whether `job` is RUNNING, owned by `owner`, and the latest attempt of its lineage.
     public static func isCurrentAttempt(job: UUID, owner: String, root: UUID, attempt: Int32, on connection: PostgresConnection, logger: Logger) async throws -> Bool {
         try await connection.execute("""

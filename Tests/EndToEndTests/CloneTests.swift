@@ -183,6 +183,36 @@ import Testing
         }
     }
 
+    /// A target that appears between the plan and the run (the job waited in the queue) fails
+    /// the job ALREADY_EXISTS, and the claim the run had just made is given back: a rerun is
+    /// refused at RerunJob instead of resuming into (dropping tables of) the foreign schema.
+    @Test func aTargetThatAppearsWhileTheJobIsQueuedIsNeverResumedInto() async throws {
+        // The first clone holds the instance's only running slot for a few seconds.
+        let slow = ["FERRY_TEST_CLONE_BEFORE_VERIFY": "first.t:SELECT pg_sleep(4)"]
+        try await Replicas.with(count: 1, instances: 1, arguments: ["--max-running-per-instance", "1"],
+                                environments: [Self.kinds.merging(slow) { $1 }]) { replicas in
+            let instance = replicas.instances["i0"]!
+            try await run(instance, "CREATE SCHEMA src; CREATE TABLE src.t (id int); INSERT INTO src.t VALUES (1), (2);")
+            let client = try await replicas.client(0)
+            defer { client.close() }
+            let first = try await client.startJob(request(("i0", "src"), ("i0", "first")))
+            var queued = request(("i0", "src"), ("i0", "late"))
+            queued.queue = true
+            let late = try await client.startJob(queued)
+            #expect(late.status == .queued)
+            try await run(instance, "CREATE SCHEMA late; CREATE TABLE late.t (id int); INSERT INTO late.t VALUES (7);")
+            _ = try await client.waitFor(first.id, timeout: .seconds(60)) { $0.status.isTerminal }
+            let failed = try await client.waitFor(late.id, timeout: .seconds(60)) { $0.status.isTerminal }
+            #expect(failed.status == .failed && failed.error.code == "ALREADY_EXISTS", "\(failed)")
+            let claims: Int = try await replicas.query {
+                try await $0.execute("SELECT count(*)::int FROM tenant_claims WHERE tenant = 'late'", logger: logger).first!.decode(Int.self)
+            }
+            #expect(claims == 0)
+            #expect(await statusCode { _ = try await client.rerun(late.id) } == .alreadyExists)
+            #expect(try await scalar(instance, "SELECT string_agg(id::text, ',') FROM late.t") as String == "7")
+        }
+    }
+
     // MARK: Verification
 
     @Test func aTargetRowChangedBeforeVerificationFailsTheJobWithDataLossNamingTheTable() async throws {

@@ -180,31 +180,38 @@ final class CopyRun: Sendable {
         verified = verified.filter { entry in schema.tables.contains { $0.name == entry.key } }
         let verifiedNames = Set(verified.keys)
         let todo = schema.tables.filter { verified[$0.name] == nil }
-        let targetVersion = try await onWriter(access, "creating the target schema") { writer in
-            let version = Int((try writer.execute("SELECT current_setting('server_version_num')").first?.first ?? nil) ?? "") ?? 0
-            let exists = !(try writer.execute("SELECT 1 FROM pg_namespace WHERE nspname = \(quoteLiteral(self.copy.targetTenant))")).isEmpty
-            if claim == .new && exists {
-                throw JobFailure(.alreadyExists, "tenant \(self.copy.targetTenant) appeared on instance \(self.copy.targetInstance) after the plan and is not Ferry's", retryable: false)
-            }
-            guard exists || verifiedNames.isEmpty else {
-                throw JobFailure(.failedPrecondition, """
-                    tenant \(self.copy.targetTenant) on instance \(self.copy.targetInstance), which earlier attempts of this job \
-                    created and partly verified, no longer exists; drop nothing and start a new clone instead of a rerun
-                    """, retryable: false)
-            }
-            var script = ["BEGIN", "SET LOCAL search_path = \(quoteIdent(self.copy.targetTenant))"]
-            if !exists {
-                script += statements.prelude
-                for table in schema.tables { script += statements.createTable[table.name] ?? [] }
-            } else {
-                for table in todo {
-                    script.append("DROP TABLE IF EXISTS \(quoteQualified(self.copy.targetTenant, table.name)) CASCADE")
-                    script += statements.createTable[table.name] ?? []
+        let foreign = JobFailure(.alreadyExists, "tenant \(copy.targetTenant) appeared on instance \(copy.targetInstance) after the plan and is not Ferry's", retryable: false)
+        let targetVersion: Int
+        do {
+            targetVersion = try await onWriter(access, "creating the target schema") { writer in
+                let version = Int((try writer.execute("SELECT current_setting('server_version_num')").first?.first ?? nil) ?? "") ?? 0
+                let exists = !(try writer.execute("SELECT 1 FROM pg_namespace WHERE nspname = \(quoteLiteral(self.copy.targetTenant))")).isEmpty
+                if claim == .new && exists { throw foreign }
+                guard exists || verifiedNames.isEmpty else {
+                    throw JobFailure(.failedPrecondition, """
+                        tenant \(self.copy.targetTenant) on instance \(self.copy.targetInstance), which earlier attempts of this job \
+                        created and partly verified, no longer exists; drop nothing and start a new clone instead of a rerun
+                        """, retryable: false)
                 }
+                var script = ["BEGIN", "SET LOCAL search_path = \(quoteIdent(self.copy.targetTenant))"]
+                if !exists {
+                    script += statements.prelude
+                    for table in schema.tables { script += statements.createTable[table.name] ?? [] }
+                } else {
+                    for table in todo {
+                        script.append("DROP TABLE IF EXISTS \(quoteQualified(self.copy.targetTenant, table.name)) CASCADE")
+                        script += statements.createTable[table.name] ?? []
+                    }
+                }
+                script.append("COMMIT")
+                try Self.runScript(script, on: writer)
+                return version
             }
-            script.append("COMMIT")
-            try Self.runScript(script, on: writer)
-            return version
+        } catch let failure as JobFailure where failure.code == .alreadyExists && claim == .new {
+            // The claim made a moment ago names a tenant that is not ours: give it back, or a
+            // rerun would resume into (drop and recreate tables of) someone else's schema.
+            try await context.checkpoints.releaseTenant(instance: copy.targetInstance, tenant: copy.targetTenant)
+            throw failure
         }
 
         progress.tables(total: Int64(schema.tables.count), alreadyDone: Int64(schema.tables.count - todo.count))
