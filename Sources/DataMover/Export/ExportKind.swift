@@ -197,6 +197,10 @@ final class ExportRun: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let manifestData = try encoder.encode(manifest)
+        guard manifestData.count <= ArchiveManifest.maxBytes else {
+            // An import refuses a larger manifest before parsing it: better not to write one.
+            throw JobFailure(.failedPrecondition, "the archive's manifest would be \(manifestData.count) bytes, more than the \(ArchiveManifest.maxBytes) an import reads", retryable: false)
+        }
         try await runBlocking(cancelling: []) {
             let manifestPath = folder + "/manifest.json"
             guard FileManager.default.createFile(atPath: manifestPath, contents: manifestData) else {

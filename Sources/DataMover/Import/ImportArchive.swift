@@ -126,14 +126,16 @@ public struct ImportArchive: Sendable {
     /// The row hash expression the export's checksum of `table` summed.
     func rowHash(of table: String) -> String { tables[table]?.rowHash ?? "" }
 
-    /// Streams `files` (decompressed) into one `COPY … FROM STDIN` on `target` and returns
-    /// the rows the target loaded. A file whose digest no longer matches the manifest aborts
-    /// the COPY, so nothing of it is committed. Blocks.
+    /// Streams each of `files` (decompressed) into its own `COPY … FROM STDIN` on `target`
+    /// (each file holds a whole COPY stream, header and trailer included) and returns the rows
+    /// the target loaded. A file whose digest no longer matches the manifest aborts its COPY,
+    /// so nothing of it is committed. Blocks.
     func load(_ files: [ArchiveManifest.File], into target: PQConnection, copyIn: String, stop: ArchiveFile.StopFlag,
               progress: (_ bytes: Int64) -> Void) throws -> Int64 {
-        try target.startCopyIn(copyIn)
-        do {
-            for file in files {
+        var rows: Int64 = 0
+        for file in files {
+            try target.startCopyIn(copyIn)
+            do {
                 var pending: Int64 = 0
                 let digest = try ArchiveFile.decompress(folder + "/" + file.path, stop: stop) { block in
                     try target.writeCopyData(block)
@@ -147,11 +149,12 @@ public struct ImportArchive: Sendable {
                 guard digest.sha256 == file.sha256, digest.bytes == file.bytes else {
                     throw ArchiveFile.Failure(file: file.path, message: "changed since it was checked (sha256 \(digest.sha256), the manifest says \(file.sha256))")
                 }
+            } catch {
+                _ = try? target.endCopyIn(failure: "the archive could not be read: \(error)")
+                throw error
             }
-        } catch {
-            _ = try? target.endCopyIn(failure: "the archive could not be read: \(error)")
-            throw error
+            rows += try target.endCopyIn()
         }
-        return try target.endCopyIn()
+        return rows
     }
 }
