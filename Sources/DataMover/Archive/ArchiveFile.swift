@@ -45,6 +45,11 @@ enum ArchiveFile {
         var isStopped: Bool { lock.withLock { stopped } }
     }
 
+    /// Bytes (a digest) as lower-case hex.
+    static func hex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
+        bytes.map { String(format: "%02x", $0) }.joined()
+    }
+
     /// The checksum and size of a finished file.
     struct Digest: Sendable, Hashable {
         var sha256: String
@@ -108,7 +113,7 @@ enum ArchiveFile {
             try compress(UnsafeRawBufferPointer(rebasing: input[0..<used]), end: true)
             used = 0
             guard fsync(descriptor) == 0 else { throw Failure.system(path, "fsync") }
-            return Digest(sha256: hash.finalize().map { String(format: "%02x", $0) }.joined(), bytes: written)
+            return Digest(sha256: hex(hash.finalize()), bytes: written)
         }
 
         private func compress(_ bytes: UnsafeRawBufferPointer, end: Bool) throws {
@@ -170,7 +175,7 @@ enum ArchiveFile {
             total += Int64(n)
             try body(chunk)
         }
-        return Digest(sha256: hash.finalize().map { String(format: "%02x", $0) }.joined(), bytes: total)
+        return Digest(sha256: hex(hash.finalize()), bytes: total)
     }
 
     /// Reads a file and decompresses it, handing the COPY data to `body` in blocks. Fails on

@@ -291,11 +291,11 @@ final class CopyRun: Sendable {
     func onWriter<T: Sendable>(_ access: (url: DatabaseURL, fenceCheck: String), _ what: String, _ body: @escaping @Sendable (PQConnection) throws -> T) async throws -> T {
         let writer = try await openWriter(access)
         defer { writer.close() }
-        return try await cancellable([writer]) { try body(writer) }
+        return try await runBlocking(cancelling: [writer]) { try body(writer) }
     }
 
     func openWriter(_ access: (url: DatabaseURL, fenceCheck: String)) async throws -> PQConnection {
-        let opened = try await cancellable([]) { try DataSessions.writer(access.url, fenceCheck: access.fenceCheck) }
+        let opened = try await runBlocking(cancelling: []) { try DataSessions.writer(access.url, fenceCheck: access.fenceCheck) }
         guard let opened else {
             await context.instances.fenceLost(instance: copy.targetInstance, tenant: copy.targetTenant)
             throw CancellationError()
@@ -307,32 +307,27 @@ final class CopyRun: Sendable {
         for statement in statements { try connection.execute(statement) }
     }
 
-    /// Runs blocking libpq work on its own thread; cancelling the task cancels the
-    /// statements of `connections` on their servers.
-    func cancellable<T: Sendable>(_ connections: [PQConnection], stop: ArchiveFile.StopFlag? = nil,
-                                  _ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await runBlocking(cancelling: connections, stop: stop, body)
-    }
-
     /// The job failure an error of this attempt stands for.
     func failure(_ error: any Error) -> any Error {
         if context.stopReason != nil || error is CancellationError { return CancellationError() }
-        if error is JobFailure { return error }
         if let error = error as? ArchiveFile.Failure {
             // A failing filesystem may recover; a file that is gone or differs will not.
             return error.transient ? JobFailure(.unavailable, "reading \(copy.sourceDescription): \(error)", retryable: true)
                 : JobFailure(.dataLoss, "reading \(copy.sourceDescription): \(error)", retryable: false)
-        }
-        if let refusal = error as? PlanRefusal {
-            return JobFailure(refusal.code, refusal.message, retryable: refusal.code == .unavailable)
         }
         return JobFailure.dataPath(error, reading: copy.sourceDescription)
     }
 }
 
 extension JobFailure {
-    /// The failure an error of the data path (libpq, or PostgresNIO reading `source`) stands for.
+    /// The failure an error of the data path stands for: a ``JobFailure`` as it is, a
+    /// ``PlanRefusal`` with its own code, a database error (libpq, or PostgresNIO reading
+    /// `source`) by its SQLSTATE.
     static func dataPath(_ error: any Error, reading source: String) -> JobFailure {
+        if let failure = error as? JobFailure { return failure }
+        if let refusal = error as? PlanRefusal {
+            return JobFailure(refusal.code, refusal.message, retryable: refusal.code == .unavailable)
+        }
         let (state, lost, message): (String?, Bool, String) = {
             if let error = error as? StepError { return (error.underlying.sqlState, error.underlying.connectionLost, "\(error.step): \(error.underlying.message)") }
             if let error = error as? PQError { return (error.sqlState, error.connectionLost, error.message) }

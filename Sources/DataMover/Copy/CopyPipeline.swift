@@ -167,7 +167,7 @@ final class CopyPipeline: Sendable {
                 switch data {
                 case .snapshot:
                     guard let source else { return }
-                    rows = try await run.cancellable([source, target]) {
+                    rows = try await runBlocking(cancelling: [source, target]) {
                         if whole { try target.execute("BEGIN; TRUNCATE \(table)") }
                         let (rows, _) = try pipe.run(from: source, to: target) { rows, bytes in progress.add(rows: rows, bytes: bytes) }
                         if whole { try target.execute("COMMIT") }
@@ -178,7 +178,7 @@ final class CopyPipeline: Sendable {
                     // A cancelled COPY IN keeps accepting data until it ends: the load checks
                     // this between blocks instead.
                     let stop = ArchiveFile.StopFlag()
-                    rows = try await run.cancellable([target], stop: stop) {
+                    rows = try await runBlocking(cancelling: [target], stop: stop) {
                         if whole { try target.execute("BEGIN; TRUNCATE \(table)") }
                         let rows = try archive.load(files, into: target, copyIn: pipe.copyIn, stop: stop) { bytes in progress.add(bytes: bytes) }
                         if whole { try target.execute("COMMIT") }
@@ -323,7 +323,7 @@ final class CopyPipeline: Sendable {
 
     private func step<T: Sendable>(_ what: String, _ connections: [PQConnection], _ body: @escaping @Sendable () throws -> T) async throws -> T {
         do {
-            return try await run.cancellable(connections, body)
+            return try await runBlocking(cancelling: connections, body)
         } catch let error as PQError {
             throw StepError(step: what, underlying: error)
         }
@@ -334,7 +334,7 @@ final class CopyPipeline: Sendable {
     private func openReader() async throws -> PQConnection {
         guard case .snapshot(let snapshot, let url) = data else { throw PQError("an import has no source reader") }
         do {
-            return try await run.cancellable([]) { [snapshot, url] in
+            return try await runBlocking(cancelling: []) { [snapshot, url] in
                 try DataSessions.reader(url, snapshot: snapshot.id, tables: snapshot.lockList)
             }
         } catch let error as PQError {
@@ -350,7 +350,7 @@ final class CopyPipeline: Sendable {
         guard indexes else { return connection }
         let setup = "SET search_path = \(quoteIdent(run.copy.targetTenant)); SET maintenance_work_mem = '256MB'"
         do {
-            try await run.cancellable([connection]) { try connection.execute(setup) }
+            try await runBlocking(cancelling: [connection]) { try connection.execute(setup) }
         } catch {
             connection.close()
             throw error

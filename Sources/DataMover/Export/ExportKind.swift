@@ -210,7 +210,7 @@ final class ExportRun: Sendable {
             try Self.sync(folder + "/data")
             try Self.sync(folder)
         }
-        let sha256 = SHA256.hash(data: manifestData).map { String(format: "%02x", $0) }.joined()
+        let sha256 = ArchiveFile.hex(SHA256.hash(data: manifestData))
         let size = Int64(manifestData.count) + tables.reduce(0) { $0 + $1.files.reduce(0) { $0 + $1.bytes } }
 
         // Published (renamed into place) before its record exists: a crash in between leaves
@@ -323,19 +323,10 @@ final class ExportRun: Sendable {
     /// The job failure an error of this attempt stands for.
     func failure(_ error: any Error) -> any Error {
         if context.stopReason != nil || error is CancellationError { return CancellationError() }
-        if error is JobFailure { return error }
-        if let error = error as? ArchiveFile.Failure {
+        if error is ArchiveFile.Failure || error is CocoaError || error is ArtifactStoreError {
             // The store's disk: full, gone, or not writable; a rerun may succeed once fixed.
             return JobFailure(.unavailable, "writing the archive: \(error)", retryable: true)
         }
-        if let error = error as? CocoaError {
-            return JobFailure(.unavailable, "writing the archive: \(error.localizedDescription)", retryable: true)
-        }
-        if error is ArtifactStoreError {
-            // Staging or publishing in the store failed (no space, no permission).
-            return JobFailure(.unavailable, "writing the archive: \(error)", retryable: true)
-        }
-        if let refusal = error as? PlanRefusal { return JobFailure(refusal.code, refusal.message, retryable: refusal.code == .unavailable) }
         return JobFailure.dataPath(error, reading: "tenant \(params.sourceTenant) on instance \(params.sourceInstance)")
     }
 }
