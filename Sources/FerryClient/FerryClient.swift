@@ -1,368 +1,257 @@
-import FerryCore
 import FerryProtocol
 import Foundation
-import NIOCore
-import NIOPosix
-import NIOSSL
-import NIOTLS
-import SwiftProtobuf
-import Synchronization
 
-/// Where and how to reach a `ferryd`.
-public struct FerryClientConfiguration: Sendable {
-    public var host: String
-    public var port: Int
-    /// PEM file of the CA (or the self-signed server certificate) to trust.
-    public var trustRootsFile: String?
-    /// Trust these instead of a file; with neither, the system's roots are used.
-    public var trustRoots: [NIOSSLCertificate]?
-    /// The name the server certificate must carry (default: `host`).
-    public var serverName: String?
-    /// Client certificate and key (PEM files) for servers that require mTLS.
-    public var clientCertificateFile: String?
-    public var clientKeyFile: String?
-    /// Bearer token sent as `authorization` metadata with every call.
-    public var token: String?
-    public var maxFrameBytes: Int = 4 * 1024 * 1024
-    public var connectTimeout: Duration = .seconds(10)
-
-    public init(host: String, port: Int, trustRootsFile: String? = nil, token: String? = nil) {
-        self.host = host
-        self.port = port
-        self.trustRootsFile = trustRootsFile
-        self.token = token
-    }
-}
-
-/// A client of the ferry/1 protocol: one TLS connection carrying many concurrent calls.
+/// The client of a `ferryd` deployment: one or more replica addresses sharing one control
+/// database, reached over one TLS connection at a time that is made when first needed and
+/// made again (to the next address) when it breaks.
 ///
 /// ```swift
-/// let client = try await FerryClient.connect(.init(host: "127.0.0.1", port: 7443, trustRootsFile: "cert.pem", token: token))
+/// var configuration = FerryClientConfiguration(addresses: [try FerryAddress(parsing: "ferry-a:7443"),
+///                                                          try FerryAddress(parsing: "ferry-b:7443")],
+///                                              trustRootsFile: "ca.pem", token: token)
+/// let client = FerryClient(configuration)
 /// defer { client.close() }
-/// let health = try await client.check()
+/// let job = try await client.startJob(.clone(from: "eu-1", "acme", to: "eu-2", "acme"))
+/// for try await event in client.watchJob(job.id) {
+///     if event.type == .status { print(event.status) }
+/// }
 /// ```
 ///
-/// Failed calls throw ``RPCError`` with the server's status code, message and details.
-/// Cancelling the calling task sends `cancel` for its stream.
-public final class FerryClient: Sendable {
-    private let channel: any Channel
-    private let calls: CallTable
+/// **Reconnecting.** Until a first connection succeeds, a call tries each address once and
+/// fails UNAVAILABLE naming them all: a wrong address is reported at once. After that, a broken
+/// connection is replaced by trying the addresses in turn, starting with the one after the
+/// address that broke, with growing pauses, for up to `reconnectTimeout`.
+///
+/// **Retries.** A call that fails UNAVAILABLE is made again on a new connection only when
+/// repeating it cannot do anything twice: the read methods, CancelJob, PutInstance, and
+/// StartJob or RerunJob with a `request_id` (the server returns the job the first call made).
+/// Other calls fail with the UNAVAILABLE error, and the caller decides.
+///
+/// **Deadlines and cancellation.** Each call takes an optional `timeout`, which the server
+/// also sees; cancelling the calling task cancels the call on the server.
+public final class FerryClient: FerryCalling {
     public let configuration: FerryClientConfiguration
+    private let slot: ConnectionSlot
 
-    private init(channel: any Channel, calls: CallTable, configuration: FerryClientConfiguration) {
-        self.channel = channel
-        self.calls = calls
+    /// A client for `configuration`; connects when the first call is made.
+    public init(_ configuration: FerryClientConfiguration) {
         self.configuration = configuration
+        slot = ConnectionSlot(configuration: configuration)
     }
 
-    /// Connects and completes the TLS handshake.
+    /// A client that has already reached one of the configuration's addresses (so a wrong
+    /// address or certificate is reported here).
     public static func connect(_ configuration: FerryClientConfiguration) async throws -> FerryClient {
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.minimumTLSVersion = .tlsv12
-        tls.applicationProtocols = ["ferry/1"]
-        if let roots = configuration.trustRoots {
-            tls.trustRoots = .certificates(roots)
-        } else if let file = configuration.trustRootsFile {
-            tls.trustRoots = .file(file)
-        }
-        if let certificate = configuration.clientCertificateFile, let key = configuration.clientKeyFile {
-            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) }
-            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
-        }
-        let sslContext = try NIOSSLContext(configuration: tls)
-        let calls = CallTable()
-        let serverName = configuration.serverName ?? configuration.host
-        // SNI carries host names only, never IP addresses.
-        let sniName: String? = serverName.allSatisfy { $0.isNumber || $0 == "." || $0 == ":" } ? nil : serverName
-        let handshake = Mutex<EventLoopPromise<Void>?>(nil)
-        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(.nanoseconds(configuration.connectTimeout.wholeNanoseconds))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let promise = channel.eventLoop.makePromise(of: Void.self)
-                    handshake.withLock { $0 = promise }
-                    let verification = try NIOSSLClientHandler(context: sslContext, serverHostname: sniName)
-                    try channel.pipeline.syncOperations.addHandler(verification)
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder<ServerFrame>(maxFrameBytes: configuration.maxFrameBytes)))
-                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder<ClientFrame>()))
-                    try channel.pipeline.syncOperations.addHandler(ClientFrameHandler(calls: calls, handshake: promise))
-                }
-            }
-        let channel: any Channel
-        do {
-            channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
-        } catch {
-            handshake.withLock { $0 }?.fail(error)
-            throw RPCError(.unavailable, "cannot connect to \(configuration.host):\(configuration.port): \(error)")
-        }
-        do {
-            if let promise = handshake.withLock({ $0 }) { try await promise.futureResult.get() }
-        } catch {
-            channel.close(promise: nil)
-            let text = "\(error)"
-            if text.contains("CERTIFICATE_VERIFY_FAILED") {
-                throw RPCError(.unavailable, "TLS handshake with \(configuration.host):\(configuration.port) failed: the server's certificate is not trusted (trust its CA with trustRootsFile, the CLI's --ca-file)")
-            }
-            throw RPCError(.unavailable, "TLS handshake with \(configuration.host):\(configuration.port) failed: \(text)")
-        }
-        return FerryClient(channel: channel, calls: calls, configuration: configuration)
+        let client = FerryClient(configuration)
+        _ = try await client.slot.connection()
+        return client
     }
 
-    /// Closes the connection; calls still open fail with UNAVAILABLE.
+    /// Closes the connection; later calls fail with UNAVAILABLE.
     public func close() {
-        channel.close(promise: nil)
+        Task { [slot] in await slot.close() }
     }
 
-    /// Whether the server sent `goaway` (new calls are refused) or the connection closed.
-    public var isGoingAway: Bool { calls.isGoingAway }
+    /// The address of the current connection, if there is one.
+    public var connectedAddress: FerryAddress? {
+        get async { await slot.currentAddress }
+    }
 
-    // MARK: Calls
-
-    /// Calls a unary method.
     public func unary<Request, Response>(
         _ method: UnaryMethod<Request, Response>, _ request: Request,
         timeout: Duration? = nil, metadata: [String: String] = [:]
     ) async throws -> Response {
-        var result: Response?
-        for try await message in call(method.info.name, message: try encode(request), timeout: timeout, metadata: metadata) {
-            guard result == nil else { throw RPCError(.internal, "\(method.info.name) sent more than one response") }
-            result = try decode(message, as: Response.self)
-        }
-        guard let result else { throw RPCError(.internal, "\(method.info.name) ended OK without a response") }
-        return result
-    }
-
-    /// Calls a server-streaming method; the sequence ends when the server sends status OK.
-    public func serverStream<Request, Response>(
-        _ method: ServerStreamingMethod<Request, Response>, _ request: Request,
-        timeout: Duration? = nil, metadata: [String: String] = [:]
-    ) throws -> AsyncThrowingMapSequence<AsyncThrowingStream<ByteBuffer, any Error>, Response> {
-        call(method.info.name, message: try encode(request), timeout: timeout, metadata: metadata).map { message in
-            try self.decode(message, as: Response.self)
-        }
-    }
-
-    /// The raw call: any method name, the request as JSON, the responses as JSON text.
-    public func call(_ method: String, json: JSONValue, timeout: Duration? = nil, metadata: [String: String] = [:]) -> AsyncThrowingStream<ByteBuffer, any Error> {
-        var message = ByteBuffer()
-        message.writeJSON(json)
-        return call(method, message: message, timeout: timeout, metadata: metadata)
-    }
-
-    /// The raw call: the request's JSON text in, the responses' JSON text out.
-    ///
-    /// The stream finishes after status OK and throws ``RPCError`` for any other status.
-    /// Dropping or cancelling the consumer sends `cancel` to the server.
-    public func call(_ method: String, message: ByteBuffer, timeout: Duration? = nil, metadata: [String: String] = [:]) -> AsyncThrowingStream<ByteBuffer, any Error> {
-        var metadata = metadata
-        if let token = configuration.token, metadata["authorization"] == nil {
-            metadata["authorization"] = "Bearer \(token)"
-        }
-        let (stream, continuation) = AsyncThrowingStream<ByteBuffer, any Error>.makeStream()
-        guard let id = calls.open(continuation) else {
-            continuation.finish(throwing: RPCError(.unavailable, calls.closedReason))
-            return stream
-        }
-        let channel = self.channel
-        let calls = self.calls
-        let timeoutMs = timeout.map { max(0, $0.wholeMilliseconds) }
-        // If the server never answers (it died), fail locally a little after the deadline.
-        let grace = timeoutMs.map { timeoutMs in
-            channel.eventLoop.scheduleTask(in: .milliseconds(timeoutMs + 2000)) {
-                if calls.fail(id, RPCError(.deadlineExceeded, "no answer from the server within the deadline")) {
-                    channel.writeAndFlush([ClientFrame.cancel(stream: id)], promise: nil)
-                }
-            }
-        }
-        continuation.onTermination = { termination in
-            // The timer goes with the call, so calls with long deadlines hold no memory after.
-            grace?.cancel()
-            if case .cancelled = termination, calls.abandon(id) {
-                channel.writeAndFlush([ClientFrame.cancel(stream: id)], promise: nil)
-            }
-        }
-        let frame = ClientFrame.call(.init(stream: id, method: method, metadata: metadata, timeoutMs: timeoutMs, message: message))
-        channel.writeAndFlush([frame]).whenFailure { error in
-            _ = calls.fail(id, RPCError(.unavailable, "cannot send the call: \(error)"))
-        }
-        return stream
-    }
-
-    /// Sends `ping` and waits for the matching `pong`; returns the round-trip time.
-    public func ping(_ data: String = UUID().uuidString) async throws -> Duration {
-        let started = ContinuousClock.now
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            guard calls.expectPong(data, continuation) else {
-                continuation.resume(throwing: RPCError(.unavailable, calls.closedReason))
-                return
-            }
-            channel.writeAndFlush([ClientFrame.ping(data: data)], promise: nil)
-        }
-        return ContinuousClock.now - started
-    }
-
-    private func encode<M: SwiftProtobuf.Message>(_ request: M) throws -> ByteBuffer {
-        do {
-            return try MessageCoding.encode(request)
-        } catch {
-            throw RPCError(.invalidArgument, "cannot encode the request: \(error)")
-        }
-    }
-
-    private func decode<M: SwiftProtobuf.Message>(_ message: ByteBuffer, as type: M.Type) throws -> M {
-        do {
-            return try MessageCoding.decode(M.self, from: message)
-        } catch {
-            throw RPCError(.internal, "cannot decode the server's \(M.protoMessageName): \(error)")
-        }
-    }
-}
-
-extension FerryClient {
-    /// `ferry.v1.Health/Check`.
-    public func check(timeout: Duration? = nil) async throws -> HealthCheckResponse {
-        try await unary(FerryMethods.healthCheck, HealthCheckRequest(), timeout: timeout)
-    }
-}
-
-/// Open calls and pings by stream id, shared by the caller side and the channel handler.
-final class CallTable: Sendable {
-    private struct State {
-        var nextID: Int32 = 1
-        var open: [Int32: AsyncThrowingStream<ByteBuffer, any Error>.Continuation] = [:]
-        var pongs: [String: [CheckedContinuation<Void, any Error>]] = [:]
-        var goawayLastStream: Int32?
-        var closedReason: String?
-    }
-    private let state = Mutex(State())
-
-    var isGoingAway: Bool { state.withLock { $0.goawayLastStream != nil || $0.closedReason != nil } }
-    var closedReason: String { state.withLock { $0.closedReason ?? "the server sent goaway" } }
-
-    func open(_ continuation: AsyncThrowingStream<ByteBuffer, any Error>.Continuation) -> Int32? {
-        state.withLock { state in
-            guard state.closedReason == nil, state.goawayLastStream == nil, state.nextID < Int32.max else { return nil }
-            let id = state.nextID
-            state.nextID += 1
-            state.open[id] = continuation
-            return id
-        }
-    }
-
-    /// Forgets a call its consumer dropped; true if it was still open (so send `cancel`).
-    func abandon(_ id: Int32) -> Bool {
-        state.withLock { $0.open.removeValue(forKey: id) != nil }
-    }
-
-    /// Fails an open call; true if it was open.
-    func fail(_ id: Int32, _ error: RPCError) -> Bool {
-        guard let continuation = state.withLock({ $0.open.removeValue(forKey: id) }) else { return false }
-        continuation.finish(throwing: error)
-        return true
-    }
-
-    func deliver(_ frame: ServerFrame) {
-        switch frame {
-        case .message(let stream, let message):
-            _ = state.withLock { $0.open[stream] }?.yield(message)
-        case .status(let stream, let code, let message, let details):
-            guard let continuation = state.withLock({ $0.open.removeValue(forKey: stream) }) else { return }
-            if code == .ok {
-                continuation.finish()
-            } else {
-                continuation.finish(throwing: RPCError(code, message, details: details))
-            }
-        case .pong(let data):
-            let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
-                guard let key = data, var waiting = state.pongs[key], !waiting.isEmpty else { return nil }
-                let first = waiting.removeFirst()
-                state.pongs[key] = waiting.isEmpty ? nil : waiting
-                return first
-            }
-            waiter?.resume()
-        case .goaway(let code, let message, let lastStream):
-            // Streams after lastStream will never be answered.
-            let refused = state.withLock { state -> [AsyncThrowingStream<ByteBuffer, any Error>.Continuation] in
-                state.goawayLastStream = lastStream
-                let ids = state.open.keys.filter { $0 > lastStream }
-                return ids.compactMap { state.open.removeValue(forKey: $0) }
-            }
-            for continuation in refused {
-                continuation.finish(throwing: RPCError(.unavailable, "the server sent goaway (\(code.rawValue): \(message)) before this call"))
+        let repeatable = Self.isRepeatable(method.info, request)
+        var outage: ContinuousClock.Instant?
+        var pause = Duration.milliseconds(100)
+        let callDeadline = timeout.map { ContinuousClock.now + $0 }
+        while true {
+            let connection = try await slot.connection()
+            do {
+                let remaining = callDeadline.map { $0 - ContinuousClock.now }
+                return try await connection.unary(method, request, timeout: remaining, metadata: metadata)
+            } catch let error as RPCError where error.code == .unavailable && repeatable && !Task.isCancelled {
+                await slot.discard(connection)
+                let now = ContinuousClock.now
+                let started = outage ?? now
+                outage = started
+                if now - started >= configuration.reconnectTimeout { throw error }
+                if let callDeadline, now + pause >= callDeadline { throw error }
+                try await Task.sleep(for: pause)
+                pause = min(pause * 2, .seconds(2))
             }
         }
     }
 
-    func expectPong(_ data: String, _ continuation: CheckedContinuation<Void, any Error>) -> Bool {
-        state.withLock { state in
-            guard state.closedReason == nil else { return false }
-            state.pongs[data, default: []].append(continuation)
+    /// Whether a call may be sent again after UNAVAILABLE without doing anything twice.
+    static func isRepeatable<Request>(_ method: MethodInfo, _ request: Request) -> Bool {
+        switch method.name {
+        case FerryMethods.startJob.info.name:
+            return (request as? StartJobRequest).map { !$0.requestID.isEmpty } ?? false
+        case FerryMethods.rerunJob.info.name:
+            return (request as? RerunJobRequest).map { !$0.requestID.isEmpty } ?? false
+        case FerryMethods.deleteArtifact.info.name:
+            // Deleting twice answers NOT_FOUND the second time; the caller should see the first answer.
+            return false
+        default:
             return true
         }
     }
 
-    /// The connection is gone: every open call and ping fails.
-    func closeAll(_ reason: String) {
-        let (calls, pongs) = state.withLock { state in
-            if state.closedReason == nil { state.closedReason = reason }
-            defer {
-                state.open = [:]
-                state.pongs = [:]
+    /// Follows a job (`Jobs/WatchJob`): a SNAPSHOT, then PROGRESS and STATUS events, ending
+    /// after the terminal STATUS event (at once, after the SNAPSHOT, for a finished job).
+    ///
+    /// The sequence survives the server going away: it reconnects (to the next address when
+    /// there are several) and resumes after the last event it delivered, so no STATUS event is
+    /// lost or repeated. Each reconnection starts with a fresh SNAPSHOT of the whole job.
+    /// It fails when no address answers for `reconnectTimeout`, or with the server's error
+    /// (NOT_FOUND for an unknown job). Stopping the iteration cancels the call on the server.
+    ///
+    /// - Parameters:
+    ///   - afterSeq: resume after this event (the `seq` of the last event a previous watch
+    ///     delivered); 0 for the job's whole history.
+    ///   - onReconnect: called with the new address and the `afterSeq` resumed from, each time
+    ///     the watch reconnects.
+    public func watchJob(
+        _ jobID: String, afterSeq: Int64 = 0,
+        onReconnect: (@Sendable (FerryAddress, Int64) -> Void)? = nil
+    ) -> AsyncThrowingStream<JobEvent, any Error> {
+        let (stream, continuation) = AsyncThrowingStream<JobEvent, any Error>.makeStream()
+        let task = Task { [slot, configuration] in
+            var after = afterSeq
+            var outage: ContinuousClock.Instant?
+            var pause = Duration.milliseconds(100)
+            var reconnecting = false
+            while !Task.isCancelled {
+                let current: FerryConnection
+                do {
+                    // A dial that fails has already been as patient as it should be.
+                    current = try await slot.connection()
+                } catch {
+                    continuation.finish(throwing: error)
+                    return
+                }
+                do {
+                    if reconnecting { onReconnect?(current.address, after) }
+                    let request = WatchJobRequest.with {
+                        $0.jobID = jobID
+                        $0.afterSeq = after
+                    }
+                    for try await event in try current.serverStream(FerryMethods.watchJob, request) {
+                        // A SNAPSHOT's seq is where the stream started, not an event of the history.
+                        if event.type != .snapshot { after = max(after, event.seq) }
+                        outage = nil
+                        pause = .milliseconds(100)
+                        continuation.yield(event)
+                    }
+                    continuation.finish()
+                    return
+                } catch let error as RPCError where error.code == .unavailable && !Task.isCancelled {
+                    await slot.discard(current)
+                    let now = ContinuousClock.now
+                    let started = outage ?? now
+                    outage = started
+                    if now - started >= configuration.reconnectTimeout {
+                        continuation.finish(throwing: error)
+                        return
+                    }
+                    reconnecting = true
+                    do { try await Task.sleep(for: pause) } catch { break }
+                    pause = min(pause * 2, .seconds(2))
+                } catch {
+                    continuation.finish(throwing: error)
+                    return
+                }
             }
-            return (Array(state.open.values), state.pongs.values.flatMap { $0 })
+            continuation.finish(throwing: CancellationError())
         }
-        for continuation in calls { continuation.finish(throwing: RPCError(.unavailable, reason)) }
-        for pong in pongs { pong.resume(throwing: RPCError(.unavailable, reason)) }
+        continuation.onTermination = { _ in task.cancel() }
+        return stream
     }
 }
 
-/// Routes server frames to their calls; a broken frame closes the connection.
-final class ClientFrameHandler: ChannelInboundHandler {
-    typealias InboundIn = FrameEvent<ServerFrame>
-    private let calls: CallTable
-    private let handshake: EventLoopPromise<Void>
-    private var lastGoaway: String?
+/// The client's one current connection, and the dialling that replaces it.
+private actor ConnectionSlot {
+    let configuration: FerryClientConfiguration
+    private var current: FerryConnection?
+    private var dialling: Task<(FerryConnection, Int), any Error>?
+    /// Index of the address to try first.
+    private var preferred = 0
+    private var hasConnected = false
+    private var closed = false
 
-    init(calls: CallTable, handshake: EventLoopPromise<Void>) {
-        self.calls = calls
-        self.handshake = handshake
+    init(configuration: FerryClientConfiguration) {
+        self.configuration = configuration
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .frame(let frame):
-            if case .goaway(let code, let message, _) = frame { lastGoaway = "\(code.rawValue): \(message)" }
-            calls.deliver(frame)
-        case .invalidCall(_, _, let message), .violation(_, let message):
-            calls.closeAll("the server broke the framing rules: \(message)")
-            context.close(promise: nil)
-        case .idle:
-            break
+    var currentAddress: FerryAddress? { current?.address }
+
+    /// The current connection, or a new one.
+    func connection() async throws -> FerryConnection {
+        guard !closed else { throw RPCError(.unavailable, "the client is closed") }
+        if let current, !current.isGoingAway { return current }
+        if let current {
+            // It went away (goaway or closed): the next dial starts with another replica.
+            current.close()
+            self.current = nil
+            preferred += 1
         }
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let tls = event as? TLSUserEvent, case .handshakeCompleted = tls {
-            handshake.succeed()
+        if let dialling { return try await dialling.value.0 }
+        let task = Task { [configuration, preferred, hasConnected] in
+            try await Self.dial(configuration, startingAt: preferred, patient: hasConnected)
         }
-        context.fireUserInboundEventTriggered(event)
+        dialling = task
+        defer { dialling = nil }
+        let (connection, index) = try await task.value
+        if closed {
+            connection.close()
+            throw RPCError(.unavailable, "the client is closed")
+        }
+        current = connection
+        preferred = index
+        hasConnected = true
+        return connection
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        handshake.fail(error)
-        calls.closeAll("connection error: \(error)")
-        context.close(promise: nil)
+    /// Forgets `connection` if it is still the current one (a call on it failed UNAVAILABLE).
+    func discard(_ connection: FerryConnection) {
+        guard current === connection else { return }
+        connection.close()
+        current = nil
+        preferred += 1
     }
 
-    /// A connection that never became active (refused) ends here: the promise must not leak.
-    func handlerRemoved(context: ChannelHandlerContext) {
-        handshake.fail(RPCError(.unavailable, "the connection closed before the TLS handshake"))
+    func close() {
+        closed = true
+        current?.close()
+        current = nil
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
-        handshake.fail(RPCError(.unavailable, "connection closed during the TLS handshake"))
-        calls.closeAll(lastGoaway.map { "the connection closed after goaway (\($0))" } ?? "the connection closed")
-        context.fireChannelInactive()
+    /// Tries the addresses in turn from `startingAt`; an impatient dial makes one round, a
+    /// patient one goes on with growing pauses for up to `reconnectTimeout`.
+    private static func dial(_ configuration: FerryClientConfiguration, startingAt first: Int, patient: Bool) async throws -> (FerryConnection, Int) {
+        let addresses = configuration.addresses
+        let started = ContinuousClock.now
+        var pause = Duration.milliseconds(100)
+        while true {
+            var failures: [String] = []
+            for offset in 0..<addresses.count {
+                try Task.checkCancellation()
+                let index = (first + offset) % addresses.count
+                do {
+                    return (try await FerryConnection.connect(configuration, to: addresses[index]), index)
+                } catch let error as RPCError {
+                    failures.append(error.message)
+                }
+            }
+            let waited = ContinuousClock.now - started
+            guard patient, waited + pause < configuration.reconnectTimeout else {
+                let which = addresses.count == 1 ? "" : " (tried \(addresses.map(\.description).joined(separator: ", ")))"
+                let after = patient ? " for \(Int(waited.components.seconds)) s" : ""
+                throw RPCError(.unavailable, "cannot reach ferryd\(which)\(after): \(failures.joined(separator: "; "))")
+            }
+            try await Task.sleep(for: pause)
+            pause = min(pause * 2, .seconds(2))
+        }
     }
 }

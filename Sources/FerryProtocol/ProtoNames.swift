@@ -31,6 +31,11 @@ extension JobStatus: ProtoNamedEnum {
     }
 }
 
+extension JobStatus {
+    /// SUCCEEDED, FAILED or CANCELLED: the job will not change any more.
+    public var isTerminal: Bool { self == .succeeded || self == .failed || self == .cancelled }
+}
+
 extension JobKind: ProtoNamedEnum {
     public var name: String {
         switch self {

@@ -86,11 +86,6 @@ public struct JobRecord: Sendable {
     public var isTerminal: Bool { status.isTerminal }
 }
 
-extension JobStatus {
-    /// SUCCEEDED, FAILED or CANCELLED: the job will not change any more.
-    public var isTerminal: Bool { self == .succeeded || self == .failed || self == .cancelled }
-}
-
 extension JobKind {
     /// The control database's name of the kind (`jobs.kind`).
     public var databaseName: String? {

@@ -43,7 +43,7 @@ struct BenchExport: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let client = try await connection.connect()
+        let client = try await connection.connectDirect()
         defer { client.close() }
         try await putInstances(client, [(sourceInstance, sourceDSN)])
 
@@ -119,7 +119,7 @@ struct BenchImport: AsyncParsableCommand {
     @OptionGroup var job: BenchJobOptions
 
     func run() async throws {
-        let client = try await connection.connect()
+        let client = try await connection.connectDirect()
         defer { client.close() }
         try await putInstances(client, [(targetInstance, targetDSN)])
 

@@ -53,7 +53,7 @@ struct BenchClone: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let client = try await connection.connect()
+        let client = try await connection.connectDirect()
         defer { client.close() }
         try await putInstances(client, [(sourceInstance, sourceDSN), (targetInstance, targetDSN)])
 

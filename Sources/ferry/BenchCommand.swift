@@ -44,8 +44,8 @@ struct BenchRPC: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = try connection.clientConfiguration()
-        var clients: [FerryClient] = []
-        for _ in 0..<connections { clients.append(try await FerryClient.connect(configuration)) }
+        var clients: [FerryConnection] = []
+        for _ in 0..<connections { clients.append(try await FerryConnection.connect(configuration)) }
         defer { for client in clients { client.close() } }
 
         let clock = ContinuousClock()

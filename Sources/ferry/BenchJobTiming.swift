@@ -11,7 +11,7 @@ struct BenchJobOptions: ParsableArguments {
         "ferryd's pid on this machine: its CPU time (user + system, from /proc) over the job is reported.", valueName: "pid"))
     var serverPID: Int32?
 
-    @Option(name: .customLong("timeout"), help: "Seconds to wait for the job's end before cancelling it and failing.")
+    @Option(name: .customLong("job-timeout"), help: "Seconds to wait for the job's end before cancelling it and failing.")
     var timeout: Double = 7200
 
     @Option(name: .customLong("progress-interval"), help: "Seconds between progress lines while the job runs (0: only phase changes).")
@@ -22,7 +22,7 @@ struct BenchJobOptions: ParsableArguments {
     var resultFile: String?
 
     func validate() throws {
-        guard timeout > 0, progressInterval >= 0 else { throw ValidationError("--timeout must be > 0 and --progress-interval ≥ 0") }
+        guard timeout > 0, progressInterval >= 0 else { throw ValidationError("--job-timeout must be > 0 and --progress-interval ≥ 0") }
     }
 }
 
@@ -47,7 +47,7 @@ struct BenchJobTiming {
     /// Runs `request` as one job. `describe` follows the job id in the first line; `tables`
     /// words the line about the result's tables (count, rows); `finish` runs once the job has
     /// ended (before the report) and may add lines and result fields.
-    func run(_ client: FerryClient, _ request: StartJobRequest, describe: String,
+    func run(_ client: FerryConnection, _ request: StartJobRequest, describe: String,
              tables: (Int, Int64) -> String = { "verified: \($0) table(s), \($1) rows, checksums equal on both sides" },
              finish: (Job) async -> BenchJobExtras = { _ in BenchJobExtras() }) async throws {
         let clock = ContinuousClock()
@@ -77,7 +77,7 @@ struct BenchJobTiming {
     }
 
     /// Follows the job to a terminal status and returns it as GetJob reads it then.
-    private func follow(_ client: FerryClient, job: Job, watch: inout Watcher, deadline: ContinuousClock.Instant) async throws -> Job {
+    private func follow(_ client: FerryConnection, job: Job, watch: inout Watcher, deadline: ContinuousClock.Instant) async throws -> Job {
         let id = job.id
         let clock = ContinuousClock()
         if !job.status.isTerminal {
@@ -169,7 +169,7 @@ struct BenchJobTiming {
 }
 
 /// Registers instances with PutInstance (needs an admin token): (id, dsn) pairs whose dsn is set.
-func putInstances(_ client: FerryClient, _ instances: [(id: String, dsn: String?)]) async throws {
+func putInstances(_ client: FerryConnection, _ instances: [(id: String, dsn: String?)]) async throws {
     for (id, dsn) in instances {
         guard let dsn else { continue }
         _ = try await client.unary(FerryMethods.putInstance, .with { $0.id = id; $0.dsn = dsn })

@@ -46,7 +46,7 @@ struct BenchJobs: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = try connection.clientConfiguration()
-        let client = try await FerryClient.connect(configuration)
+        let client = try await FerryConnection.connect(configuration)
         defer { client.close() }
         let runID = String(UUID().uuidString.prefix(6)).lowercased()
         let instanceIDs = (0..<instances).map { "bench-\(runID)-\($0)" }
@@ -62,8 +62,8 @@ struct BenchJobs: AsyncParsableCommand {
 
     private func admission(_ configuration: FerryClientConfiguration, instanceIDs: [String]) async throws {
         let connections = min(8, starts)
-        var opened: [FerryClient] = []
-        for _ in 0..<connections { opened.append(try await FerryClient.connect(configuration)) }
+        var opened: [FerryConnection] = []
+        for _ in 0..<connections { opened.append(try await FerryConnection.connect(configuration)) }
         let clients = opened
         defer { for client in clients { client.close() } }
         let clock = ContinuousClock()
@@ -121,7 +121,7 @@ struct BenchJobs: AsyncParsableCommand {
 
     // MARK: 2. Start to RUNNING
 
-    private func startToRunning(_ client: FerryClient, instance: String) async throws {
+    private func startToRunning(_ client: FerryConnection, instance: String) async throws {
         let clock = ContinuousClock()
         var toRunning: [Duration] = []
         var toExecuting: [Duration] = []
@@ -145,7 +145,7 @@ struct BenchJobs: AsyncParsableCommand {
         print("StartJob to first progress (claimed by an executor and running): \(percentiles(toExecuting))")
     }
 
-    private func waitUntilFinished(_ client: FerryClient, _ id: String) async throws -> Job {
+    private func waitUntilFinished(_ client: FerryConnection, _ id: String) async throws -> Job {
         while true {
             let job = try await client.unary(FerryMethods.getJob, .with { $0.jobID = id })
             if job.status == .succeeded || job.status == .failed || job.status == .cancelled { return job }
@@ -155,7 +155,7 @@ struct BenchJobs: AsyncParsableCommand {
 
     // MARK: 3. Watch fan-out
 
-    private func watchFanOut(_ configuration: FerryClientConfiguration, client: FerryClient, instance: String) async throws {
+    private func watchFanOut(_ configuration: FerryClientConfiguration, client: FerryConnection, instance: String) async throws {
         var request = StartJobRequest()
         let steps = max(watchSeconds * 2, 1)
         request.clone = .clone(from: instance, "src", to: instance, "watched_\(watchSeconds * 1000)_\(steps)")
@@ -163,8 +163,8 @@ struct BenchJobs: AsyncParsableCommand {
         let id = job.id
         guard !id.isEmpty else { throw CLIError("StartJob returned no id") }
         let perConnection = 100
-        var opened: [FerryClient] = []
-        for _ in 0..<((watchers + perConnection - 1) / perConnection) { opened.append(try await FerryClient.connect(configuration)) }
+        var opened: [FerryConnection] = []
+        for _ in 0..<((watchers + perConnection - 1) / perConnection) { opened.append(try await FerryConnection.connect(configuration)) }
         let clients = opened
         defer { for client in clients { client.close() } }
 

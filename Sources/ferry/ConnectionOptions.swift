@@ -1,13 +1,21 @@
 import ArgumentParser
 import FerryClient
 import FerryCore
+import FerryProtocol
 import Foundation
 
-/// How to reach ferryd; every flag falls back to its environment variable.
+/// How to reach ferryd. Each setting comes from its flag, else its environment variable, else
+/// the chosen context of the config file, else the default.
 struct ConnectionOptions: ParsableArguments {
+    @Option(name: .customLong("context"), help: ArgumentHelp(
+        "Context of the config file to use (see `ferry config`). Env: FERRY_CONTEXT. Default: the file's current context.",
+        valueName: "name"))
+    var context: String?
+
     @Option(name: .customLong("address"), help: ArgumentHelp(
-        "host:port of ferryd's RPC server. Env: FERRY_ADDRESS. Default 127.0.0.1:7443.", valueName: "host:port"))
-    var address: String?
+        "host:port of ferryd's RPC server; repeat it (or separate with commas) to name several replicas, tried in turn. Env: FERRY_ADDRESS. Default 127.0.0.1:7443.",
+        valueName: "host:port"))
+    var addresses: [String] = []
 
     @Option(name: .customLong("ca-file"), help: ArgumentHelp(
         "PEM file of the CA (or ferryd's self-signed certificate) to trust. Env: FERRY_CA_FILE. Default: the system's roots.",
@@ -28,33 +36,106 @@ struct ConnectionOptions: ParsableArguments {
     @Option(name: .customLong("client-key"), help: ArgumentHelp("PEM key of --client-cert. Env: FERRY_CLIENT_KEY.", valueName: "file"))
     var clientKey: String?
 
+    @Option(name: .customLong("timeout"), help: ArgumentHelp(
+        "Seconds each call may take (a watch is not bounded). Env: FERRY_TIMEOUT. Default 30.", valueName: "seconds"))
+    var timeout: Double?
+
+    /// The per-call deadline.
+    var callTimeout: Duration {
+        let seconds = timeout ?? ProcessInfo.processInfo.environment["FERRY_TIMEOUT"].flatMap(Double.init) ?? 30
+        return .milliseconds(Int64(max(0.001, seconds) * 1000))
+    }
+
     func clientConfiguration() throws -> FerryClientConfiguration {
         let environment = ProcessInfo.processInfo.environment
-        func setting(_ flag: String?, _ variable: String) -> String? {
-            flag ?? environment[variable].flatMap { $0.isEmpty ? nil : $0 }
+        func variable(_ name: String) -> String? { environment[name].flatMap { $0.isEmpty ? nil : $0 } }
+        let saved = try ConfigFile.load()
+        let contextName = context ?? variable("FERRY_CONTEXT") ?? saved.file.currentContext
+        var chosen = ConfigFile.Context()
+        if let contextName {
+            guard let found = saved.file.contexts[contextName] else {
+                throw CLIError.usage("no context '\(contextName)' in \(saved.path); `ferry config get-contexts` lists them, `ferry config set-context \(contextName) --address …` makes it")
+            }
+            chosen = found
         }
-        let text = setting(address, "FERRY_ADDRESS") ?? "127.0.0.1:7443"
-        guard let (host, port) = parseHostPort(text, ports: 1...65535) else {
-            throw CLIError("invalid address '\(text)': expected host:port")
+
+        var addressTexts = addresses.flatMap { $0.split(separator: ",").map(String.init) }
+        if addressTexts.isEmpty, let text = variable("FERRY_ADDRESS") { addressTexts = text.split(separator: ",").map(String.init) }
+        if addressTexts.isEmpty { addressTexts = chosen.addresses }
+        if addressTexts.isEmpty { addressTexts = ["127.0.0.1:7443"] }
+        let parsed = try addressTexts.map { text in
+            do { return try FerryAddress(parsing: text.trimmingCharacters(in: .whitespaces)) } catch {
+                throw CLIError.usage("invalid address '\(text)': expected host:port, e.g. 127.0.0.1:7443")
+            }
         }
-        var token = environment["FERRY_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
-        if let file = setting(tokenFile, "FERRY_TOKEN_FILE") {
+
+        var token = variable("FERRY_TOKEN")
+        if let file = tokenFile ?? variable("FERRY_TOKEN_FILE") ?? (token == nil ? chosen.tokenFile : nil) {
             guard let data = FileManager.default.contents(atPath: file), let text = String(data: data, encoding: .utf8) else {
-                throw CLIError("cannot read the token file \(file)")
+                throw CLIError.usage("cannot read the token file \(file)")
             }
             token = text.trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        var configuration = FerryClientConfiguration(host: host, port: port, trustRootsFile: setting(caFile, "FERRY_CA_FILE"), token: token)
+        var configuration = FerryClientConfiguration(addresses: parsed, trustRootsFile: caFile ?? variable("FERRY_CA_FILE") ?? chosen.caFile, token: token)
         if let file = configuration.trustRootsFile, !FileManager.default.isReadableFile(atPath: file) {
-            throw CLIError("cannot read the CA file \(file)")
+            throw CLIError.usage("cannot read the CA file \(file)")
         }
-        configuration.serverName = setting(serverName, "FERRY_SERVER_NAME")
-        configuration.clientCertificateFile = setting(clientCertificate, "FERRY_CLIENT_CERT")
-        configuration.clientKeyFile = setting(clientKey, "FERRY_CLIENT_KEY")
+        configuration.serverName = serverName ?? variable("FERRY_SERVER_NAME") ?? chosen.serverName
+        configuration.clientCertificateFile = clientCertificate ?? variable("FERRY_CLIENT_CERT") ?? chosen.clientCert
+        configuration.clientKeyFile = clientKey ?? variable("FERRY_CLIENT_KEY") ?? chosen.clientKey
         return configuration
     }
 
+    /// A client that has reached one of the addresses (so "cannot reach" is reported here).
     func connect() async throws -> FerryClient {
         try await FerryClient.connect(try clientConfiguration())
+    }
+
+    /// One connection to the first address, never replaced: the benchmarks measure one server.
+    func connectDirect() async throws -> FerryConnection {
+        try await FerryConnection.connect(try clientConfiguration())
+    }
+}
+
+/// The CLI's config file: named contexts (where and as whom to connect), one of them current,
+/// as kubectl's kubeconfig. It holds file paths, never a token.
+struct ConfigFile: Codable {
+    struct Context: Codable {
+        var addresses: [String] = []
+        var caFile: String?
+        var tokenFile: String?
+        var serverName: String?
+        var clientCert: String?
+        var clientKey: String?
+    }
+
+    var currentContext: String?
+    var contexts: [String: Context] = [:]
+
+    /// `$FERRY_CONFIG`, else `$XDG_CONFIG_HOME/ferry/config.json`, else `~/.config/ferry/config.json`.
+    static var path: String {
+        let environment = ProcessInfo.processInfo.environment
+        if let path = environment["FERRY_CONFIG"], !path.isEmpty { return path }
+        if let xdg = environment["XDG_CONFIG_HOME"], !xdg.isEmpty { return xdg + "/ferry/config.json" }
+        return FileManager.default.homeDirectoryForCurrentUser.path + "/.config/ferry/config.json"
+    }
+
+    /// The file, or an empty one when it does not exist.
+    static func load() throws -> (file: ConfigFile, path: String) {
+        let path = Self.path
+        guard let data = FileManager.default.contents(atPath: path) else { return (ConfigFile(), path) }
+        do {
+            return (try JSONDecoder().decode(ConfigFile.self, from: data), path)
+        } catch {
+            throw CLIError.usage("the config file \(path) is not valid: \(error)")
+        }
+    }
+
+    func save(to path: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let directory = (path as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try encoder.encode(self).write(to: URL(fileURLWithPath: path), options: .atomic)
     }
 }

@@ -45,7 +45,7 @@ import Testing
     }
 
     /// Exports `tenant` of i0 and returns the finished job.
-    private func exported(_ client: FerryClient, _ tenant: String = "fixture", split: Int64 = 0) async throws -> Job {
+    private func exported(_ client: FerryConnection, _ tenant: String = "fixture", split: Int64 = 0) async throws -> Job {
         let job = try await client.startJob(export("i0", tenant, split: split))
         let done = try await client.waitFor(job.id, timeout: .seconds(120)) { $0.status.isTerminal }
         try #require(done.status == .succeeded, "\(done.error)")

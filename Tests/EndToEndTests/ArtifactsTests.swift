@@ -14,7 +14,7 @@ import Testing
     /// Starts one replica on `store`, with an admin client and a viewer client, once the
     /// replica's first retention sweep (which runs at start-up) is over: the next is an hour
     /// away, so the expired artifacts the test makes stay until the test deletes them.
-    private func withServer(_ store: TestArtifactStore, _ body: (Replicas, FerryClient, FerryClient) async throws -> Void) async throws {
+    private func withServer(_ store: TestArtifactStore, _ body: (Replicas, FerryConnection, FerryConnection) async throws -> Void) async throws {
         let viewerToken = TokenStore.generateToken()
         let tokensFile = store.directory + "-viewer.tokens"
         try (TokenStore.line(token: viewerToken, principal: Principal(name: "watcher", role: .viewer)) + "\n").write(toFile: tokensFile, atomically: true, encoding: .utf8)
@@ -24,7 +24,7 @@ import Testing
             let admin = try await replicas.client(0)
             defer { admin.close() }
             let server = replicas.servers[0]
-            let viewer = try await FerryClient.connect(FerryClientConfiguration(host: server.host, port: server.port, trustRootsFile: replicas.caFile, token: viewerToken))
+            let viewer = try await FerryConnection.connect(FerryClientConfiguration(host: server.host, port: server.port, trustRootsFile: replicas.caFile, token: viewerToken))
             defer { viewer.close() }
             try await body(replicas, admin, viewer)
         }

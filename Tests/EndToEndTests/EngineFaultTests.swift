@@ -53,7 +53,7 @@ import Testing
                          "--leader-lease", "2", "--executors", "2"]
         try await withServers(2, arguments, environment: environment) { servers in
             let clients = try await servers.asyncMap { server in
-                try await FerryClient.connect(FerryClientConfiguration(host: server.host, port: server.port, trustRootsFile: certificate, token: token))
+                try await FerryConnection.connect(FerryClientConfiguration(host: server.host, port: server.port, trustRootsFile: certificate, token: token))
             }
             defer { for client in clients { client.close() } }
             let instance = try await TestPostgres.shared.freshDatabase("inst")
@@ -161,7 +161,7 @@ import Testing
                                                                                 "--heartbeat-interval", "0.5", "--heartbeat-timeout", "5"]) { replicas in
             let streamsPerConnection = 100
             let connectionCount = (watched + streamsPerConnection - 1) / streamsPerConnection
-            let clients: [FerryClient] = try await withThrowingTaskGroup(of: FerryClient.self) { group in
+            let clients: [FerryConnection] = try await withThrowingTaskGroup(of: FerryConnection.self) { group in
                 for index in 0..<connectionCount { group.addTask { try await replicas.client(index) } }
                 return try await group.reduce(into: []) { $0.append($1) }
             }

@@ -115,7 +115,7 @@ import Testing
     /// schema whose name is no tenant's: t3 holds a trigger (not copyable), t5's name is taken
     /// on i1 by a schema Ferry did not create, and t7's `items` is altered on the target before
     /// its verification (in attempt 1). Runs the job (default tenant width) to its end.
-    private func failThreeOfTen(_ replicas: Replicas, _ client: FerryClient) async throws -> Job {
+    private func failThreeOfTen(_ replicas: Replicas, _ client: FerryConnection) async throws -> Job {
         let (source, target) = (replicas.instances["i0"]!, replicas.instances["i1"]!)
         var script = TenantFixture.sql(schema: "t1") + "\nSET search_path = public;\n"
         for (index, tenant) in Self.ten.enumerated() where tenant != "t1" {
@@ -188,7 +188,7 @@ import Testing
 
     /// Reruns `failed` and checks that it copies exactly the three: the seven targets are not
     /// written at all, t7's verified tables neither, and every target equals its source.
-    private func rerunCopiesExactlyTheThree(_ failed: Job, _ replicas: Replicas, _ client: FerryClient) async throws {
+    private func rerunCopiesExactlyTheThree(_ failed: Job, _ replicas: Replicas, _ client: FerryConnection) async throws {
         let (source, target) = (replicas.instances["i0"]!, replicas.instances["i1"]!)
         let seven = Self.ten.filter { !Self.failing.contains($0) }
         // Statistics reach the views within a second of the writing sessions' end.

@@ -119,10 +119,10 @@ final class Replicas: Sendable {
         return replicas
     }
 
-    func client(_ index: Int) async throws -> FerryClient {
+    func client(_ index: Int) async throws -> FerryConnection {
         let server = servers[index % servers.count]
         do {
-            return try await FerryClient.connect(FerryClientConfiguration(host: server.host, port: server.port, trustRootsFile: caFile, token: token))
+            return try await FerryConnection.connect(FerryClientConfiguration(host: server.host, port: server.port, trustRootsFile: caFile, token: token))
         } catch {
             // A replica that died says why in its output.
             if !server.process.child.isRunning {
@@ -166,22 +166,12 @@ func cloneRequest(instance: String, source: String = "src", target: String, queu
     return request
 }
 
-extension FerryClient {
-    func startJob(_ request: StartJobRequest) async throws -> Job {
-        try await unary(FerryMethods.startJob, request)
-    }
+extension FerryConnection {
+    func job(_ id: String) async throws -> Job { try await getJob(id) }
 
-    func job(_ id: String) async throws -> Job {
-        try await unary(FerryMethods.getJob, .with { $0.jobID = id })
-    }
+    func rerun(_ id: String, requestID: String? = nil) async throws -> Job { try await rerunJob(id, requestID: requestID) }
 
-    func rerun(_ id: String, requestID: String? = nil) async throws -> Job {
-        try await unary(FerryMethods.rerunJob, .with { $0.jobID = id; $0.requestID = requestID ?? "" })
-    }
-
-    func cancel(_ id: String) async throws -> Job {
-        try await unary(FerryMethods.cancelJob, .with { $0.jobID = id })
-    }
+    func cancel(_ id: String) async throws -> Job { try await cancelJob(id) }
 
     /// Polls GetJob until `condition` holds (or fails the test after `timeout`).
     func waitFor(_ id: String, timeout: Duration = .seconds(60), sourceLocation: SourceLocation = #_sourceLocation, _ condition: (Job) -> Bool) async throws -> Job {

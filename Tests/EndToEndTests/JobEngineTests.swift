@@ -42,7 +42,7 @@ import Testing
                 }
             }
 
-            let clients: [FerryClient] = try await withThrowingTaskGroup(of: FerryClient.self) { group in
+            let clients: [FerryConnection] = try await withThrowingTaskGroup(of: FerryConnection.self) { group in
                 for index in 0..<12 { group.addTask { try await replicas.client(index) } }
                 return try await group.reduce(into: []) { $0.append($1) }
             }
@@ -259,7 +259,7 @@ import Testing
         var environmentA = environment
         environmentA["FERRY_DATABASE_URL"] = control.secretURLString
         try await ServingFerryd.with(arguments + ["--listen-database-url", "none"], environment: environmentB, binary: FerryBinaries.ferrydTest) { b in
-            let clientB = try await FerryClient.connect(FerryClientConfiguration(host: b.host, port: b.port, trustRootsFile: certificate, token: token))
+            let clientB = try await FerryConnection.connect(FerryClientConfiguration(host: b.host, port: b.port, trustRootsFile: certificate, token: token))
             defer { clientB.close() }
             let instance = try await TestPostgres.shared.freshDatabase("inst")
             try await instance.withConnection(logger: logger) { try await $0.execute("CREATE SCHEMA src", logger: logger) }
@@ -279,7 +279,7 @@ import Testing
             #expect(try await sessions().0 >= 2, "the job never wrote to its target")
             // A connects directly and will lead once B's lease lapses.
             try await ServingFerryd.with(arguments, environment: environmentA, binary: FerryBinaries.ferrydTest) { a in
-                let clientA = try await FerryClient.connect(FerryClientConfiguration(host: a.host, port: a.port, trustRootsFile: certificate, token: token))
+                let clientA = try await FerryConnection.connect(FerryClientConfiguration(host: a.host, port: a.port, trustRootsFile: certificate, token: token))
                 defer { clientA.close() }
 
                 await bouncer.stop()

@@ -30,7 +30,7 @@ import Testing
         try await ServingFerryd.with() { server in
             let caFile = try #require(server.ready["caFile"])
             let pid = server.process.child.pid
-            let witness = try await FerryClient.connect(FerryClientConfiguration(host: server.host, port: server.port, trustRootsFile: caFile))
+            let witness = try await FerryConnection.connect(FerryClientConfiguration(host: server.host, port: server.port, trustRootsFile: caFile))
             defer { witness.close() }
             _ = try await witness.check()
             let baseline = try #require(Self.residentMiB(pid))

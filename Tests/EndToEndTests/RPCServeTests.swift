@@ -11,12 +11,12 @@ import Testing
 /// generated self-signed certificate, tokens from a file, the environment or a generated
 /// admin token, the `ferry` CLI against it, and goaway on SIGTERM.
 @Suite struct RPCServeTests {
-    private func client(_ server: ServingFerryd, caFile: String?, token: String?) async throws -> FerryClient {
-        try await FerryClient.connect(FerryClientConfiguration(host: server.host, port: server.port, trustRootsFile: caFile, token: token))
+    private func client(_ server: ServingFerryd, caFile: String?, token: String?) async throws -> FerryConnection {
+        try await FerryConnection.connect(FerryClientConfiguration(host: server.host, port: server.port, trustRootsFile: caFile, token: token))
     }
 
     /// The status code a call ends with (OK when it succeeds).
-    private func code(_ client: FerryClient, _ method: MethodInfo, _ message: JSONValue = .object([:])) async -> StatusCode {
+    private func code(_ client: FerryConnection, _ method: MethodInfo, _ message: JSONValue = .object([:])) async -> StatusCode {
         do {
             for try await _ in client.call(method.name, json: message, timeout: .seconds(30)) {}
             return .ok

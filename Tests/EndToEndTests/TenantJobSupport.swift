@@ -36,7 +36,7 @@ extension TenantJobTest {
 
     /// Waits until the leader fails `job` (retryably: its replica is gone or frozen), reruns
     /// it, and returns the rerun once it ended.
-    func rerunAfterTheLeaderFails(_ job: Job, _ client: FerryClient) async throws -> Job {
+    func rerunAfterTheLeaderFails(_ job: Job, _ client: FerryConnection) async throws -> Job {
         let failed = try await client.waitFor(job.id, timeout: .seconds(60)) { $0.status.isTerminal }
         #expect(failed.status == .failed && failed.error.retryable, "\(failed)")
         let rerun = try await client.rerun(job.id)

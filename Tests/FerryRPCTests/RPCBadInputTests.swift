@@ -204,7 +204,7 @@ import Testing
             // The witness connects first, so that what it shows is that the server goes on
             // serving. Its own handshake races the short timeout on a machine busy with other
             // suites, so it may take a second try; that is not what this test is about.
-            var connected: FerryClient?
+            var connected: FerryConnection?
             for attempt in 1...3 where connected == nil {
                 do {
                     connected = try await server.client()

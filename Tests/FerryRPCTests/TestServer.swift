@@ -78,10 +78,10 @@ struct RunningServer: Sendable {
     let probe: HandlerProbe
     let shutdown: @Sendable () -> Void
 
-    func client(token: String? = TestTokens.admin) async throws -> FerryClient {
+    func client(token: String? = TestTokens.admin) async throws -> FerryConnection {
         var configuration = FerryClientConfiguration(host: "127.0.0.1", port: port, token: token)
         configuration.trustRoots = try NIOSSLCertificate.fromPEMBytes(Array(testCertificate.certificatePEM.utf8))
-        return try await FerryClient.connect(configuration)
+        return try await FerryConnection.connect(configuration)
     }
 }
 

@@ -1,0 +1,181 @@
+import ArgumentParser
+import FerryClient
+import FerryProtocol
+import Foundation
+
+/// Follows a job to its end with `client.watchJob` (which reconnects and resumes by itself),
+/// printing it as `format` and the terminal's kind asks, then exits with the job's status.
+func follow(_ jobID: String, client: FerryClient, format: OutputFormat) async throws {
+    let display: any WatchDisplay
+    if format == .json {
+        display = NDJSONDisplay()
+    } else if isatty(STDOUT_FILENO) == 1 {
+        display = LiveDisplay()
+    } else {
+        display = LineDisplay()
+    }
+    let notices = NoticeBox()
+    var job = Job()
+    let events = client.watchJob(jobID) { address, after in
+        notices.post("connection lost; reconnected to \(address), resuming after event \(after)")
+    }
+    for try await event in events {
+        for notice in notices.take() { display.notice(notice) }
+        switch event.type {
+        case .snapshot: job = event.job
+        case .progress: job.progress = event.progress
+        case .status:
+            job.status = event.status
+            if event.hasError { job.error = event.error } else { job.clearError() }
+        default: break
+        }
+        try display.show(event, job: job)
+        // Lines reach a pipe as they are printed, not when a buffer fills.
+        flushOutput()
+    }
+    // The stream ended after the terminal STATUS: read the whole job (result, times) once.
+    let final = try await client.getJob(jobID, timeout: .seconds(30))
+    display.finish(final)
+    let status = ExitStatus(job: final.status)
+    if status != .success { throw ExitCode(status.rawValue) }
+}
+
+/// Reconnection notices, posted by the watch's callback and printed by the display between events.
+final class NoticeBox: Sendable {
+    private let notices = LockedStrings()
+    func post(_ text: String) { notices.append(text) }
+    func take() -> [String] { notices.drain() }
+}
+
+final class LockedStrings: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [String] = []
+    func append(_ item: String) { lock.withLock { items.append(item) } }
+    func drain() -> [String] { lock.withLock { defer { items = [] }; return items } }
+}
+
+protocol WatchDisplay {
+    func show(_ event: JobEvent, job: Job) throws
+    func notice(_ text: String)
+    func finish(_ job: Job)
+}
+
+/// `-o json`: each event as one line of JSON (NDJSON); notices go to stderr.
+struct NDJSONDisplay: WatchDisplay {
+    func show(_ event: JobEvent, job: Job) throws { try printJSON(event) }
+    func notice(_ text: String) { FileHandle.standardError.write(Data("ferry: \(text)\n".utf8)) }
+    func finish(_ job: Job) {}
+}
+
+/// A pipe: one timestamped line per event (the server's time of the event).
+struct LineDisplay: WatchDisplay {
+    func show(_ event: JobEvent, job: Job) throws {
+        let head = "\(event.at.rfc3339) \(JobText.short(job.id.isEmpty ? event.jobID : job.id))"
+        switch event.type {
+        case .snapshot:
+            print("\(head) \(job.status.name) \(job.kind.label) \(JobText.route(job)): \(JobText.progress(job.progress, kind: job.kind))")
+        case .progress:
+            var line = "\(head) \(JobText.progress(event.progress, kind: job.kind))"
+            if !event.progress.inFlight.isEmpty { line += " | in flight: \(event.progress.inFlight.joined(separator: ", "))" }
+            print(line)
+        case .status:
+            print("\(head) \(event.status.name)" + (event.hasError ? " \(event.error.code): \(event.error.message)" : ""))
+        default:
+            break
+        }
+    }
+
+    func notice(_ text: String) { print("\(Date().rfc3339) ferry: \(text)") }
+
+    func finish(_ job: Job) { print(JobText.outcome(job)) }
+}
+
+/// A terminal: a few lines redrawn in place (bar, counts, rate, ETA, items in flight), then
+/// the verified result.
+final class LiveDisplay: WatchDisplay {
+    private var drawn = 0
+    private var samples: [(at: ContinuousClock.Instant, bytes: Int64)] = []
+    private var firstProgress: ContinuousClock.Instant?
+    private let width: Int
+
+    init() {
+        var size = winsize()
+        width = ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0 && size.ws_col > 20 ? Int(size.ws_col) : 100
+    }
+
+    func show(_ event: JobEvent, job: Job) throws {
+        let now = ContinuousClock.now
+        if job.progress.bytesCopied > 0 || job.progress.tablesDone > 0 {
+            if firstProgress == nil { firstProgress = now }
+            samples.append((now, job.progress.bytesCopied))
+            samples.removeAll { now - $0.at > .seconds(10) }
+        }
+        redraw(lines(job, now: now))
+    }
+
+    func notice(_ text: String) {
+        clear()
+        print("ferry: \(text)")
+    }
+
+    func finish(_ job: Job) {
+        redraw(lines(job, now: .now))
+        drawn = 0
+        print(JobText.outcome(job))
+        flushOutput()
+    }
+
+    private func lines(_ job: Job, now: ContinuousClock.Instant) -> [String] {
+        let progress = job.progress
+        var head = "\(job.kind.label) \(JobText.short(job.id))  \(JobText.route(job))  \(job.status.name)"
+        if !progress.phase.isEmpty { head += " · \(progress.phase)" }
+        let (done, total, unit) = JobText.counts(progress, kind: job.kind)
+        let fraction = total > 0 ? min(1, Double(done) / Double(total)) : (job.status == .succeeded ? 1 : 0)
+        let filled = Int((fraction * 24).rounded(.down))
+        var figures = ["[" + String(repeating: "█", count: filled) + String(repeating: "░", count: 24 - filled) + "]"]
+        figures.append(total > 0 ? "\(done)/\(total) \(unit)" : "-/- \(unit)")
+        figures.append("\(grouped(progress.rowsCopied)) rows")
+        figures.append(byteSize(progress.bytesCopied))
+        if let first = samples.first, let last = samples.last, last.at > first.at, last.bytes > first.bytes, !job.status.isTerminal {
+            let seconds = Double((last.at - first.at).components.seconds) + Double((last.at - first.at).components.attoseconds) / 1e18
+            figures.append("\(byteSize(Int64(Double(last.bytes - first.bytes) / seconds)))/s")
+        }
+        if let start = firstProgress, fraction > 0, fraction < 1, !job.status.isTerminal {
+            let elapsed = now - start
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            figures.append("ETA \(shortDuration(seconds * (1 - fraction) / fraction))")
+        }
+        var result = [head, figures.joined(separator: "  ")]
+        if !progress.inFlight.isEmpty, !job.status.isTerminal {
+            result.append("in flight: \(progress.inFlight.joined(separator: ", "))")
+        }
+        return result.map { $0.count > width - 1 ? String($0.prefix(width - 2)) + "…" : $0 }
+    }
+
+    /// Moves up over the lines drawn last time and clears them.
+    private func clear() {
+        if drawn > 0 { print("\u{1B}[\(drawn)A\r\u{1B}[J", terminator: "") }
+        drawn = 0
+    }
+
+    private func redraw(_ lines: [String]) {
+        clear()
+        for line in lines { print(line) }
+        drawn = lines.count
+        flushOutput()
+    }
+}
+
+extension Date {
+    /// RFC 3339 in UTC with milliseconds.
+    var rfc3339: String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.string(from: self)
+    }
+}
+
+/// Pushes what was printed to the terminal or pipe now (stdio buffers a pipe's output).
+func flushOutput() {
+    fflush(nil)
+}
