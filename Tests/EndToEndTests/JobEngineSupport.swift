@@ -19,8 +19,11 @@ final class Replicas: Sendable {
     let instances: [String: DatabaseURL]
     let bouncer: PgBouncer?
     let files: String
+    /// How replica `i` was started: its arguments and environment.
+    let launches: [(arguments: [String], environment: [String: String])]
 
-    private init(control: DatabaseURL, servers: [ServingFerryd], token: String, caFile: String, instances: [String: DatabaseURL], bouncer: PgBouncer?, files: String) {
+    private init(control: DatabaseURL, servers: [ServingFerryd], token: String, caFile: String, instances: [String: DatabaseURL], bouncer: PgBouncer?, files: String,
+                 launches: [(arguments: [String], environment: [String: String])]) {
         self.control = control
         self.servers = servers
         self.token = token
@@ -28,6 +31,14 @@ final class Replicas: Sendable {
         self.instances = instances
         self.bouncer = bouncer
         self.files = files
+        self.launches = launches
+    }
+
+    /// Starts another replica the way replica `index` was started, plus `extra` arguments
+    /// (e.g. `--listen` on the port a stopped replica had). The caller stops it.
+    func startReplica(like index: Int, extra: [String] = []) async throws -> ServingFerryd {
+        let launch = launches[index % launches.count]
+        return try await ServingFerryd.start(launch.arguments + extra, environment: launch.environment, binary: FerryBinaries.ferrydTest)
     }
 
     /// Starts replicas, runs `body`, and stops them whatever happens: no replica outlives
@@ -78,11 +89,14 @@ final class Replicas: Sendable {
         ]
         let arguments = ["--tls-cert", certificate, "--tls-key", key,
                          "--heartbeat-interval", "0.3", "--heartbeat-timeout", "2", "--leader-lease", "2"] + extra
+        // Replica `index` also gets `environments[index]`, when given.
+        let launches = (0..<count).map { index in
+            (arguments: arguments, environment: environment.merging(index < environments.count ? environments[index] : [:]) { $1 })
+        }
         // Every start is awaited, so that a failure leaves no replica running.
         let started = await withTaskGroup(of: (Int, Result<ServingFerryd, any Error>).self) { group in
             for index in 0..<count {
-                // Replica `index` also gets `environments[index]`, when given.
-                let environment = environment.merging(index < environments.count ? environments[index] : [:]) { $1 }
+                let environment = launches[index].environment
                 group.addTask {
                     do {
                         return (index, .success(try await ServingFerryd.start(arguments, environment: environment, binary: FerryBinaries.ferrydTest)))
@@ -105,7 +119,7 @@ final class Replicas: Sendable {
         for index in 0..<instanceCount {
             instances["i\(index)"] = try await TestPostgres.shared.freshDatabase("inst")
         }
-        let replicas = Replicas(control: control, servers: servers, token: token, caFile: certificate, instances: instances, bouncer: bouncer, files: files)
+        let replicas = Replicas(control: control, servers: servers, token: token, caFile: certificate, instances: instances, bouncer: bouncer, files: files, launches: launches)
         do {
             let client = try await replicas.client(0)
             defer { client.close() }

@@ -28,10 +28,7 @@ extension TenantJobTest {
 
     /// The index of the replica running `job`.
     func runningReplica(of job: Job, _ replicas: Replicas) async throws -> Int {
-        let owner = try await replicas.query {
-            try await $0.execute("SELECT owner FROM jobs WHERE id = \(UUID(uuidString: job.id)!)", logger: logger).first!.decode(String.self)
-        }
-        return try #require(replicas.index(ofOwner: owner))
+        try await ownerIndex(job, replicas)
     }
 
     /// Waits until the leader fails `job` (retryably: its replica is gone or frozen), reruns
