@@ -321,35 +321,26 @@ struct List: AsyncParsableCommand {
     var kind: String?
     @Option(name: .customLong("instance"), help: "Only jobs that read or write this instance.")
     var instance: String?
-    @Option(name: .customLong("limit"), help: "Jobs per page (1 to 500). Default 50.")
-    var limit: Int32 = 50
-    @Option(name: .customLong("page-token"), help: "Continue a previous listing (its next-page token).")
-    var pageToken: String?
-    @Flag(name: .customLong("all"), help: "Follow every page.")
-    var all = false
+    @OptionGroup var paging: PagingOptions
     @OptionGroup var output: OutputOptions
     @OptionGroup var connection: ConnectionOptions
-
-    func validate() throws {
-        guard (1...500).contains(limit) else { throw ValidationError("--limit must be between 1 and 500") }
-    }
 
     func run() async throws {
         var request = ListJobsRequest()
         request.status = try status.map(JobStatus.parse) ?? .unspecified
         request.kind = try kind.map(JobKind.parse) ?? .unspecified
         request.instance = instance ?? ""
-        request.pageSize = limit
-        request.pageToken = pageToken ?? ""
+        request.pageSize = paging.limit
         let client = try await connection.connect()
         defer { client.close() }
-        var response = ListJobsResponse()
-        while true {
+        let (pages, next) = try await paging.pages { token in
+            request.pageToken = token
             let page = try await client.listJobs(request, timeout: connection.callTimeout)
-            response.jobs += page.jobs
-            response.nextPageToken = page.nextPageToken
-            guard all, !page.nextPageToken.isEmpty else { break }
-            request.pageToken = page.nextPageToken
+            return (page, page.nextPageToken)
+        }
+        let response = ListJobsResponse.with {
+            $0.jobs = pages.flatMap(\.jobs)
+            $0.nextPageToken = next
         }
         if output.format == .json {
             try printJSON(response)
@@ -371,9 +362,7 @@ struct List: AsyncParsableCommand {
         } else {
             table.print()
         }
-        if !response.nextPageToken.isEmpty {
-            FileHandle.standardError.write(Data("more: ferry list --page-token \(response.nextPageToken) (or --all)\n".utf8))
-        }
+        paging.mentionMore(next, command: "ferry list")
     }
 }
 

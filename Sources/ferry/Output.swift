@@ -19,6 +19,39 @@ struct OutputOptions: ParsableArguments {
     var format: OutputFormat = .human
 }
 
+/// `--limit`, `--page-token` and `--all` of the list commands.
+struct PagingOptions: ParsableArguments {
+    @Option(name: .customLong("limit"), help: "Items per page (1 to 500). Default 50.")
+    var limit: Int32 = 50
+    @Option(name: .customLong("page-token"), help: "Continue a previous listing (its next-page token).")
+    var pageToken: String?
+    @Flag(name: .customLong("all"), help: "Follow every page.")
+    var all = false
+
+    func validate() throws {
+        guard (1...500).contains(limit) else { throw ValidationError("--limit must be between 1 and 500") }
+    }
+
+    /// The first page (from `--page-token`), or every page from there with `--all`; `fetch`
+    /// gets a page token and returns the page and the next token.
+    func pages<Page>(_ fetch: (String) async throws -> (page: Page, next: String)) async throws -> (pages: [Page], next: String) {
+        var token = pageToken ?? ""
+        var pages: [Page] = []
+        while true {
+            let (page, next) = try await fetch(token)
+            pages.append(page)
+            token = next
+            guard all, !next.isEmpty else { return (pages, next) }
+        }
+    }
+
+    /// Says on stderr how to get the next page, when there is one.
+    func mentionMore(_ next: String, command: String) {
+        guard !next.isEmpty else { return }
+        FileHandle.standardError.write(Data("more: \(command) --page-token \(next) (or --all)\n".utf8))
+    }
+}
+
 /// Prints a message as one line of JSON.
 func printJSON(_ message: some SwiftProtobuf.Message) throws {
     print(try message.jsonString())

@@ -145,36 +145,27 @@ struct ArtifactsList: AsyncParsableCommand {
     var tenant: String?
     @Flag(name: .customLong("include-expired"), help: "Also list expired artifacts not deleted yet.")
     var includeExpired = false
-    @Option(name: .customLong("limit"), help: "Artifacts per page (1 to 500). Default 50.")
-    var limit: Int32 = 50
-    @Option(name: .customLong("page-token"), help: "Continue a previous listing.")
-    var pageToken: String?
-    @Flag(name: .customLong("all"), help: "Follow every page.")
-    var all = false
+    @OptionGroup var paging: PagingOptions
     @OptionGroup var output: OutputOptions
     @OptionGroup var connection: ConnectionOptions
-
-    func validate() throws {
-        guard (1...500).contains(limit) else { throw ValidationError("--limit must be between 1 and 500") }
-    }
 
     func run() async throws {
         var request = ListArtifactsRequest.with {
             $0.sourceInstance = instance ?? ""
             $0.sourceTenant = tenant ?? ""
             $0.includeExpired = includeExpired
-            $0.pageSize = limit
-            $0.pageToken = pageToken ?? ""
+            $0.pageSize = paging.limit
         }
         let client = try await connection.connect()
         defer { client.close() }
-        var response = ListArtifactsResponse()
-        while true {
+        let (pages, next) = try await paging.pages { token in
+            request.pageToken = token
             let page = try await client.listArtifacts(request, timeout: connection.callTimeout)
-            response.artifacts += page.artifacts
-            response.nextPageToken = page.nextPageToken
-            guard all, !page.nextPageToken.isEmpty else { break }
-            request.pageToken = page.nextPageToken
+            return (page, page.nextPageToken)
+        }
+        let response = ListArtifactsResponse.with {
+            $0.artifacts = pages.flatMap(\.artifacts)
+            $0.nextPageToken = next
         }
         if output.format == .json { return try printJSON(response) }
         guard !response.artifacts.isEmpty else { return print("no artifacts") }
@@ -187,9 +178,7 @@ struct ArtifactsList: AsyncParsableCommand {
             table.add(row)
         }
         table.print()
-        if !response.nextPageToken.isEmpty {
-            FileHandle.standardError.write(Data("more: ferry artifacts list --page-token \(response.nextPageToken) (or --all)\n".utf8))
-        }
+        paging.mentionMore(next, command: "ferry artifacts list")
     }
 }
 
