@@ -288,6 +288,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The client library's complete example (docs/client-library.md): start a clone, follow it, rerun it.
+        .executableTarget(name: "clone-follower", dependencies: ["FerryClient", "FerryProtocol"], path: "Examples/CloneFollower"),
 
         // Test-only helpers: a shared throwaway cluster, PgBouncer, and ferryd child processes.
         .target(
