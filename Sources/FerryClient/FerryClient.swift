@@ -1,4 +1,5 @@
-import FerryProtocol
+// Callers name the protocol's messages (Job, StartJobRequest, RPCError) with this module alone.
+@_exported import FerryProtocol
 import Foundation
 
 /// The client of a `ferryd` deployment: one or more replica addresses sharing one control
@@ -71,7 +72,9 @@ public final class FerryClient: FerryCalling {
                 let remaining = callDeadline.map { $0 - ContinuousClock.now }
                 return try await connection.unary(method, request, timeout: remaining, metadata: metadata)
             } catch let error as RPCError where error.code == .unavailable && repeatable && !Task.isCancelled {
-                await slot.discard(connection)
+                // A connection that is going away is replaced; an UNAVAILABLE the server
+                // answered on a healthy one is asked again there after the pause.
+                if connection.isGoingAway { await slot.discard(connection) }
                 let now = ContinuousClock.now
                 let started = outage ?? now
                 outage = started
@@ -105,7 +108,8 @@ public final class FerryClient: FerryCalling {
     /// there are several) and resumes after the last event it delivered, so no STATUS event is
     /// lost or repeated. Each reconnection starts with a fresh SNAPSHOT of the whole job.
     /// It fails when no address answers for `reconnectTimeout`, or with the server's error
-    /// (NOT_FOUND for an unknown job). Stopping the iteration cancels the call on the server.
+    /// (NOT_FOUND for an unknown job). Leaving the loop early, or cancelling the task that
+    /// iterates, cancels the watch on the server.
     ///
     /// - Parameters:
     ///   - afterSeq: resume after this event (the `seq` of the last event a previous watch
@@ -115,7 +119,7 @@ public final class FerryClient: FerryCalling {
     public func watchJob(
         _ jobID: String, afterSeq: Int64 = 0,
         onReconnect: (@Sendable (FerryAddress, Int64) -> Void)? = nil
-    ) -> AsyncThrowingStream<JobEvent, any Error> {
+    ) -> FerryStream<JobEvent> {
         let (stream, continuation) = AsyncThrowingStream<JobEvent, any Error>.makeStream()
         let task = Task { [slot, configuration] in
             var after = afterSeq
@@ -147,7 +151,7 @@ public final class FerryClient: FerryCalling {
                     continuation.finish()
                     return
                 } catch let error as RPCError where error.code == .unavailable && !Task.isCancelled {
-                    await slot.discard(current)
+                    if current.isGoingAway { await slot.discard(current) }
                     let now = ContinuousClock.now
                     let started = outage ?? now
                     outage = started
@@ -166,7 +170,7 @@ public final class FerryClient: FerryCalling {
             continuation.finish(throwing: CancellationError())
         }
         continuation.onTermination = { _ in task.cancel() }
-        return stream
+        return FerryStream(stream) { task.cancel() }
     }
 }
 

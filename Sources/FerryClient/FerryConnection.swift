@@ -110,7 +110,11 @@ public final class FerryConnection: FerryCalling {
             guard result == nil else { throw RPCError(.internal, "\(method.info.name) sent more than one response") }
             result = try decode(message, as: Response.self)
         }
-        guard let result else { throw RPCError(.internal, "\(method.info.name) ended OK without a response") }
+        guard let result else {
+            // A cancelled task's call ends without a response: that is the cancellation, not a server fault.
+            try Task.checkCancellation()
+            throw RPCError(.internal, "\(method.info.name) ended OK without a response")
+        }
         return result
     }
 
@@ -118,14 +122,14 @@ public final class FerryConnection: FerryCalling {
     public func serverStream<Request, Response>(
         _ method: ServerStreamingMethod<Request, Response>, _ request: Request,
         timeout: Duration? = nil, metadata: [String: String] = [:]
-    ) throws -> AsyncThrowingMapSequence<AsyncThrowingStream<ByteBuffer, any Error>, Response> {
+    ) throws -> AsyncThrowingMapSequence<FerryStream<ByteBuffer>, Response> {
         call(method.info.name, message: try encode(request), timeout: timeout, metadata: metadata).map { message in
             try self.decode(message, as: Response.self)
         }
     }
 
     /// The raw call: any method name, the request as JSON, the responses as JSON text.
-    public func call(_ method: String, json: JSONValue, timeout: Duration? = nil, metadata: [String: String] = [:]) -> AsyncThrowingStream<ByteBuffer, any Error> {
+    public func call(_ method: String, json: JSONValue, timeout: Duration? = nil, metadata: [String: String] = [:]) -> FerryStream<ByteBuffer> {
         var message = ByteBuffer()
         message.writeJSON(json)
         return call(method, message: message, timeout: timeout, metadata: metadata)
@@ -134,8 +138,8 @@ public final class FerryConnection: FerryCalling {
     /// The raw call: the request's JSON text in, the responses' JSON text out.
     ///
     /// The stream finishes after status OK and throws ``RPCError`` for any other status.
-    /// Dropping or cancelling the consumer sends `cancel` to the server.
-    public func call(_ method: String, message: ByteBuffer, timeout: Duration? = nil, metadata: [String: String] = [:]) -> AsyncThrowingStream<ByteBuffer, any Error> {
+    /// Leaving the loop early or cancelling the consumer sends `cancel` to the server.
+    public func call(_ method: String, message: ByteBuffer, timeout: Duration? = nil, metadata: [String: String] = [:]) -> FerryStream<ByteBuffer> {
         var metadata = metadata
         if let token = configuration.token, metadata["authorization"] == nil {
             metadata["authorization"] = "Bearer \(token)"
@@ -143,10 +147,16 @@ public final class FerryConnection: FerryCalling {
         let (stream, continuation) = AsyncThrowingStream<ByteBuffer, any Error>.makeStream()
         guard let id = calls.open(continuation) else {
             continuation.finish(throwing: RPCError(.unavailable, calls.closedReason))
-            return stream
+            return FerryStream(stream) {}
         }
         let channel = self.channel
         let calls = self.calls
+        let abandon: @Sendable () -> Void = {
+            if calls.abandon(id) {
+                continuation.finish()
+                channel.writeAndFlush([ClientFrame.cancel(stream: id)], promise: nil)
+            }
+        }
         let timeoutMs = timeout.map { max(0, $0.wholeMilliseconds) }
         // If the server never answers (it died), fail locally a little after the deadline.
         let grace = timeoutMs.map { timeoutMs in
@@ -159,15 +169,13 @@ public final class FerryConnection: FerryCalling {
         continuation.onTermination = { termination in
             // The timer goes with the call, so calls with long deadlines hold no memory after.
             grace?.cancel()
-            if case .cancelled = termination, calls.abandon(id) {
-                channel.writeAndFlush([ClientFrame.cancel(stream: id)], promise: nil)
-            }
+            if case .cancelled = termination { abandon() }
         }
         let frame = ClientFrame.call(.init(stream: id, method: method, metadata: metadata, timeoutMs: timeoutMs, message: message))
         channel.writeAndFlush([frame]).whenFailure { error in
             _ = calls.fail(id, RPCError(.unavailable, "cannot send the call: \(error)"))
         }
-        return stream
+        return FerryStream(stream, abandon: abandon)
     }
 
     /// Sends `ping` and waits for the matching `pong`; returns the round-trip time.

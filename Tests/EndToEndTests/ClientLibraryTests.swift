@@ -123,6 +123,22 @@ import Testing
             _ = try? await watch.value
             #expect(ContinuousClock.now - cancelledAt < .seconds(5), "a cancelled watch stops at once, not when the job ends")
             #expect(try await client.getJob(job.id).status == .running)
+            let server = replicas.servers[0]
+            try await waitUntil("the server ends the cancelled watch's stream") { try openStreams(server) == 0 }
+            // Leaving the loop early stops the watch on the server too (no stream left streaming
+            // into a buffer nobody reads).
+            for try await event in client.watchJob(job.id) {
+                #expect(event.type == .snapshot)
+                #expect(try openStreams(server) == 1)
+                break
+            }
+            try await waitUntil("the server ends the abandoned watch's stream") { try openStreams(server) == 0 }
+            // A cancelled unary call throws CancellationError, not a made-up server error.
+            let cancelledCall = Task { try await client.listJobs() }
+            cancelledCall.cancel()
+            if case .failure(let error) = await cancelledCall.result {
+                #expect(error is CancellationError || (error as? RPCError)?.code == .cancelled, "\(error)")
+            }
             // A deadline shorter than the call can take is DEADLINE_EXCEEDED; the connection stays usable.
             let slow = await caught {
                 for try await _ in try await connectionOf(client).serverStream(FerryMethods.watchJob, .with { $0.jobID = job.id }, timeout: .milliseconds(300)) {}
@@ -142,6 +158,14 @@ private final class Recorder: Sendable {
 /// A FerryClient's current connection, for the calls only a connection offers.
 private func connectionOf(_ client: FerryClient) async throws -> FerryConnection {
     try await FerryConnection.connect(client.configuration, to: #require(await client.connectedAddress))
+}
+
+/// The server's `ferry_rpc_open_streams` gauge, read from its ops endpoint.
+func openStreams(_ server: ServingFerryd) throws -> Double {
+    let port = try #require(server.ready["opsURL"].flatMap { $0.split(separator: ":").last }.flatMap { Int($0) })
+    let text = try RawSocket.get(port: port, path: "/metrics")
+    let line = try #require(text.split(separator: "\n").first { $0.hasPrefix("ferry_rpc_open_streams ") }, "\(text)")
+    return try #require(Double(line.split(separator: " ")[1]))
 }
 
 /// A free TCP port on the loopback (nobody listens on it afterwards).
