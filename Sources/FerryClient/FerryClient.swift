@@ -1,6 +1,7 @@
 // Callers name the protocol's messages (Job, StartJobRequest, RPCError) with this module alone.
 @_exported import FerryProtocol
 import Foundation
+import Synchronization
 
 /// The client of a `ferryd` deployment: one or more replica addresses sharing one control
 /// database, reached over one TLS connection at a time that is made when first needed and
@@ -48,8 +49,14 @@ public final class FerryClient: FerryCalling {
         return client
     }
 
-    /// Closes the connection; later calls fail with UNAVAILABLE.
+    deinit {
+        Task { [slot] in await slot.close() }
+    }
+
+    /// Closes the connection: calls and watches still open fail with UNAVAILABLE, later calls
+    /// at once, and a dial in progress stops.
     public func close() {
+        slot.markClosed()
         Task { [slot] in await slot.close() }
     }
 
@@ -67,9 +74,14 @@ public final class FerryClient: FerryCalling {
         var pause = Duration.milliseconds(100)
         let callDeadline = timeout.map { ContinuousClock.now + $0 }
         while true {
-            let connection = try await slot.connection()
+            let connection = try await slot.connection(before: callDeadline)
             do {
-                let remaining = callDeadline.map { $0 - ContinuousClock.now }
+                var remaining: Duration?
+                if let callDeadline {
+                    remaining = callDeadline - ContinuousClock.now
+                    // Never send a call whose time is up: the server might still act on it.
+                    guard remaining! > .zero else { throw RPCError(.deadlineExceeded, "\(method.info.name): the deadline passed before the call could be sent") }
+                }
                 return try await connection.unary(method, request, timeout: remaining, metadata: metadata)
             } catch let error as RPCError where error.code == .unavailable && repeatable && !Task.isCancelled {
                 // A connection that is going away is replaced; an UNAVAILABLE the server
@@ -86,23 +98,30 @@ public final class FerryClient: FerryCalling {
         }
     }
 
-    /// Whether a call may be sent again after UNAVAILABLE without doing anything twice.
+    /// Whether a call may be sent again after UNAVAILABLE without doing anything twice: the
+    /// methods on this list only (a method added later is not repeated until it is listed).
     static func isRepeatable<Request>(_ method: MethodInfo, _ request: Request) -> Bool {
         switch method.name {
+        case FerryMethods.getJob.info.name, FerryMethods.listJobs.info.name, FerryMethods.listInstances.info.name,
+             FerryMethods.listTenants.info.name, FerryMethods.listArtifacts.info.name, FerryMethods.getArtifact.info.name,
+             FerryMethods.healthCheck.info.name, FerryMethods.watchJob.info.name:
+            return true
+        case FerryMethods.cancelJob.info.name, FerryMethods.putInstance.info.name:
+            // Cancelling twice returns the job as it is; putting twice leaves the last DSN.
+            return true
         case FerryMethods.startJob.info.name:
             return (request as? StartJobRequest).map { !$0.requestID.isEmpty } ?? false
         case FerryMethods.rerunJob.info.name:
             return (request as? RerunJobRequest).map { !$0.requestID.isEmpty } ?? false
-        case FerryMethods.deleteArtifact.info.name:
-            // Deleting twice answers NOT_FOUND the second time; the caller should see the first answer.
-            return false
         default:
-            return true
+            // DeleteArtifact: a second delete answers NOT_FOUND; the caller should see the first answer.
+            return false
         }
     }
 
-    /// Follows a job (`Jobs/WatchJob`): a SNAPSHOT, then PROGRESS and STATUS events, ending
-    /// after the terminal STATUS event (at once, after the SNAPSHOT, for a finished job).
+    /// Follows a job (`Jobs/WatchJob`): a SNAPSHOT, then the job's PROGRESS and STATUS events
+    /// after `afterSeq` (for a finished job watched from 0, its whole history), ending after
+    /// the terminal STATUS event.
     ///
     /// The sequence survives the server going away: it reconnects (to the next address when
     /// there are several) and resumes after the last event it delivered, so no STATUS event is
@@ -115,7 +134,7 @@ public final class FerryClient: FerryCalling {
     ///   - afterSeq: resume after this event (the `seq` of the last event a previous watch
     ///     delivered); 0 for the job's whole history.
     ///   - onReconnect: called with the new address and the `afterSeq` resumed from, each time
-    ///     the watch reconnects.
+    ///     a watch was resumed on a new stream (when its SNAPSHOT arrives).
     public func watchJob(
         _ jobID: String, afterSeq: Int64 = 0,
         onReconnect: (@Sendable (FerryAddress, Int64) -> Void)? = nil
@@ -130,23 +149,34 @@ public final class FerryClient: FerryCalling {
                 let current: FerryConnection
                 do {
                     // A dial that fails has already been as patient as it should be.
-                    current = try await slot.connection()
+                    current = try await slot.connection(before: nil)
                 } catch {
                     continuation.finish(throwing: error)
                     return
                 }
                 do {
-                    if reconnecting { onReconnect?(current.address, after) }
                     let request = WatchJobRequest.with {
                         $0.jobID = jobID
                         $0.afterSeq = after
                     }
                     for try await event in try current.serverStream(FerryMethods.watchJob, request) {
-                        // A SNAPSHOT's seq is where the stream started, not an event of the history.
-                        if event.type != .snapshot { after = max(after, event.seq) }
-                        outage = nil
-                        pause = .milliseconds(100)
+                        if event.type == .snapshot {
+                            // A SNAPSHOT's seq is where the stream started, not an event of the history.
+                            if reconnecting { onReconnect?(current.address, after) }
+                            reconnecting = false
+                        } else {
+                            after = max(after, event.seq)
+                            // Only an event of the history proves the watch works again: a server
+                            // that drops every stream after its SNAPSHOT must not reset the outage.
+                            outage = nil
+                            pause = .milliseconds(100)
+                        }
                         continuation.yield(event)
+                        // The terminal STATUS is the end, whatever happens to the stream after it.
+                        if event.type == .status, event.status.isTerminal {
+                            continuation.finish()
+                            return
+                        }
                     }
                     continuation.finish()
                     return
@@ -182,7 +212,8 @@ private actor ConnectionSlot {
     /// Index of the address to try first.
     private var preferred = 0
     private var hasConnected = false
-    private var closed = false
+    /// Set at once by `close()`, before the actor gets to it, so no call starts after.
+    private nonisolated let closedFlag = Mutex(false)
 
     init(configuration: FerryClientConfiguration) {
         self.configuration = configuration
@@ -190,43 +221,83 @@ private actor ConnectionSlot {
 
     var currentAddress: FerryAddress? { current?.address }
 
-    /// The current connection, or a new one.
-    func connection() async throws -> FerryConnection {
+    nonisolated func markClosed() { closedFlag.withLock { $0 = true } }
+    private var closed: Bool { closedFlag.withLock { $0 } }
+
+    /// The current connection, or a new one; waits no later than `deadline` (then
+    /// DEADLINE_EXCEEDED) and no longer than the caller is not cancelled.
+    func connection(before deadline: ContinuousClock.Instant? = nil) async throws -> FerryConnection {
         guard !closed else { throw RPCError(.unavailable, "the client is closed") }
         if let current, !current.isGoingAway { return current }
         if let current {
-            // It went away (goaway or closed): the next dial starts with another replica.
-            current.close()
-            self.current = nil
-            preferred += 1
+            // It went away (goaway): it finishes the calls the server accepted and then closes;
+            // new calls go to a new connection, starting with another replica.
+            forget(current)
         }
-        if let dialling { return try await dialling.value.0 }
-        let task = Task { [configuration, preferred, hasConnected] in
-            try await Self.dial(configuration, startingAt: preferred, patient: hasConnected)
+        let task: Task<(FerryConnection, Int), any Error>
+        if let dialling {
+            task = dialling
+        } else {
+            task = Task { [configuration, preferred, hasConnected] in
+                try await Self.dial(configuration, startingAt: preferred, patient: hasConnected)
+            }
+            dialling = task
+            Task { await self.adopt(task) }
         }
-        dialling = task
-        defer { dialling = nil }
-        let (connection, index) = try await task.value
-        if closed {
-            connection.close()
-            throw RPCError(.unavailable, "the client is closed")
+        // Wait for the dial, the deadline or the caller's cancellation, whichever comes first;
+        // the dial goes on for the other callers (and `close()` stops it).
+        let (connection, index) = try await withThrowingTaskGroup(of: (FerryConnection, Int).self) { group in
+            group.addTask { try await task.value }
+            if let deadline {
+                group.addTask {
+                    try await Task.sleep(until: deadline)
+                    throw RPCError(.deadlineExceeded, "no connection to ferryd before the deadline")
+                }
+            }
+            defer { group.cancelAll() }
+            return try await group.next()!
         }
-        current = connection
-        preferred = index
-        hasConnected = true
+        guard !closed else { throw RPCError(.unavailable, "the client is closed") }
+        install(connection, index)
         return connection
     }
 
-    /// Forgets `connection` if it is still the current one (a call on it failed UNAVAILABLE).
+    /// Takes the dial's connection as the current one (or closes it when the client closed),
+    /// whether or not anyone still waits for it.
+    private func adopt(_ task: Task<(FerryConnection, Int), any Error>) async {
+        defer { if dialling == task { dialling = nil } }
+        guard let (connection, index) = try? await task.value else { return }
+        if closed {
+            connection.close()
+            return
+        }
+        install(connection, index)
+    }
+
+    /// Makes a dialled connection the current one, once (the dial's waiter and `adopt` both
+    /// get here).
+    private func install(_ connection: FerryConnection, _ index: Int) {
+        guard current == nil, !connection.isGoingAway else { return }
+        current = connection
+        preferred = index
+        hasConnected = true
+    }
+
+    /// Forgets `connection` if it is still the current one (a call on it failed because it is
+    /// going away); it is not closed, so calls the server accepted on it can still finish.
     func discard(_ connection: FerryConnection) {
         guard current === connection else { return }
-        connection.close()
+        forget(connection)
+    }
+
+    private func forget(_ connection: FerryConnection) {
         current = nil
-        preferred += 1
+        preferred = (preferred + 1) % max(1, configuration.addresses.count)
     }
 
     func close() {
-        closed = true
+        markClosed()
+        dialling?.cancel()
         current?.close()
         current = nil
     }
@@ -244,7 +315,7 @@ private actor ConnectionSlot {
                 let index = (first + offset) % addresses.count
                 do {
                     return (try await FerryConnection.connect(configuration, to: addresses[index]), index)
-                } catch let error as RPCError {
+                } catch let error as RPCError where error.code == .unavailable {
                     failures.append(error.message)
                 }
             }

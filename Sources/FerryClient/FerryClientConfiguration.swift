@@ -1,5 +1,6 @@
 import FerryCore
 import FerryProtocol
+import Foundation
 import NIOSSL
 
 /// One `ferryd` RPC address.
@@ -48,6 +49,11 @@ public struct FerryClientConfiguration: Sendable {
     /// How long ``FerryClient`` keeps trying to reach some address before a call or a watch
     /// fails UNAVAILABLE (it waits with growing pauses between rounds of all addresses).
     public var reconnectTimeout: Duration = .seconds(30)
+    /// While calls are open, a ping every this often (nil: never); a connection whose ping
+    /// has no answer within `keepaliveTimeout` is closed, and its calls fail UNAVAILABLE (a
+    /// ``FerryClient`` then reconnects and a watch resumes).
+    public var keepaliveInterval: Duration? = .seconds(15)
+    public var keepaliveTimeout: Duration = .seconds(10)
 
     public init(host: String, port: Int, trustRootsFile: String? = nil, token: String? = nil) {
         self.host = host
@@ -68,4 +74,56 @@ public struct FerryClientConfiguration: Sendable {
 
     /// Every address, in the order they are tried.
     public var addresses: [FerryAddress] { [address] + fallbackAddresses.filter { $0 != address } }
+}
+
+extension FerryClientConfiguration {
+    /// The TLS settings as NIOSSL wants them; files that cannot be read or hold no PEM say so
+    /// here, as INVALID_ARGUMENT naming the file, before anything is dialled.
+    func makeTLSContext() throws -> NIOSSLContext {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        tls.applicationProtocols = ["ferry/1"]
+        if let roots = trustRoots {
+            tls.trustRoots = .certificates(roots)
+        } else if let file = trustRootsFile {
+            tls.trustRoots = .certificates(try Self.certificates(file, what: "CA file"))
+        }
+        switch (clientCertificateFile, clientKeyFile) {
+        case (let certificate?, let key?):
+            tls.certificateChain = try Self.certificates(certificate, what: "client certificate").map { .certificate($0) }
+            do {
+                tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+            } catch {
+                throw RPCError(.invalidArgument, "cannot read a PEM private key from the client key file \(key): \(error)")
+            }
+        case (nil, nil):
+            break
+        default:
+            throw RPCError(.invalidArgument, "a client certificate needs its key, and a key its certificate: give both (clientCertificateFile and clientKeyFile)")
+        }
+        do {
+            return try NIOSSLContext(configuration: tls)
+        } catch {
+            throw RPCError(.invalidArgument, "the TLS settings are not usable: \(error)")
+        }
+    }
+
+    /// Checks the TLS files (readable, PEM) without connecting.
+    public func validate() throws {
+        _ = try makeTLSContext()
+    }
+
+    private static func certificates(_ file: String, what: String) throws -> [NIOSSLCertificate] {
+        guard FileManager.default.isReadableFile(atPath: file) else {
+            throw RPCError(.invalidArgument, "cannot read the \(what) \(file)")
+        }
+        let certificates: [NIOSSLCertificate]
+        do {
+            certificates = try NIOSSLCertificate.fromPEMFile(file)
+        } catch {
+            throw RPCError(.invalidArgument, "the \(what) \(file) holds no PEM certificate: \(error)")
+        }
+        guard !certificates.isEmpty else { throw RPCError(.invalidArgument, "the \(what) \(file) holds no PEM certificate") }
+        return certificates
+    }
 }

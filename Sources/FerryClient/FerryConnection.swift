@@ -38,23 +38,11 @@ public final class FerryConnection: FerryCalling {
     /// TLS handshake.
     public static func connect(_ configuration: FerryClientConfiguration, to address: FerryAddress? = nil) async throws -> FerryConnection {
         let address = address ?? configuration.address
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.minimumTLSVersion = .tlsv12
-        tls.applicationProtocols = ["ferry/1"]
-        if let roots = configuration.trustRoots {
-            tls.trustRoots = .certificates(roots)
-        } else if let file = configuration.trustRootsFile {
-            tls.trustRoots = .file(file)
-        }
-        if let certificate = configuration.clientCertificateFile, let key = configuration.clientKeyFile {
-            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) }
-            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
-        }
-        let sslContext = try NIOSSLContext(configuration: tls)
+        let sslContext = try configuration.makeTLSContext()
         let calls = CallTable()
         let serverName = configuration.serverName ?? address.host
-        // SNI carries host names only, never IP addresses.
-        let sniName: String? = serverName.allSatisfy { $0.isNumber || $0 == "." || $0 == ":" } ? nil : serverName
+        // SNI carries host names only, never IP addresses (of either family).
+        let sniName: String? = (try? SocketAddress(ipAddress: serverName, port: 0)) == nil ? serverName : nil
         let handshake = Mutex<EventLoopPromise<Void>?>(nil)
         let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(.nanoseconds(configuration.connectTimeout.wholeNanoseconds))
@@ -77,17 +65,47 @@ public final class FerryConnection: FerryCalling {
             handshake.withLock { $0 }?.fail(error)
             throw RPCError(.unavailable, "cannot connect to \(address): \(error)")
         }
+        // A server that accepts and then says nothing (frozen, or not a TLS server) must not
+        // hold the caller: the handshake has the connect timeout too.
+        let stalled = channel.eventLoop.scheduleTask(in: .nanoseconds(configuration.connectTimeout.wholeNanoseconds)) {
+            handshake.withLock { $0 }?.fail(RPCError(.unavailable, "no TLS handshake within \(configuration.connectTimeout)"))
+            channel.close(promise: nil)
+        }
         do {
             if let promise = handshake.withLock({ $0 }) { try await promise.futureResult.get() }
+            stalled.cancel()
         } catch {
+            stalled.cancel()
             channel.close(promise: nil)
-            let text = "\(error)"
+            let text = (error as? RPCError)?.message ?? "\(error)"
             if text.contains("CERTIFICATE_VERIFY_FAILED") {
                 throw RPCError(.unavailable, "TLS handshake with \(address) failed: the server's certificate is not trusted (trust its CA with trustRootsFile, the CLI's --ca-file)")
             }
             throw RPCError(.unavailable, "TLS handshake with \(address) failed: \(text)")
         }
+        startKeepalive(channel: channel, calls: calls, configuration: configuration)
         return FerryConnection(channel: channel, calls: calls, configuration: configuration, address: address)
+    }
+
+    /// While calls are open, pings the server every `keepaliveInterval` and closes the
+    /// connection when a ping has no pong within `keepaliveTimeout`: a frozen server or a
+    /// lost network otherwise leaves a watch waiting forever on a socket nobody writes to.
+    private static func startKeepalive(channel: any Channel, calls: CallTable, configuration: FerryClientConfiguration) {
+        guard let interval = configuration.keepaliveInterval else { return }
+        let timeout = configuration.keepaliveTimeout
+        channel.eventLoop.scheduleRepeatedTask(initialDelay: .nanoseconds(interval.wholeNanoseconds), delay: .nanoseconds(interval.wholeNanoseconds)) { task in
+            guard channel.isActive else { return task.cancel() }
+            switch calls.keepaliveTick(now: .now(), timeout: .nanoseconds(timeout.wholeNanoseconds)) {
+            case .idle:
+                break
+            case .ping(let data):
+                channel.writeAndFlush([ClientFrame.ping(data: data)], promise: nil)
+            case .dead:
+                calls.closeAll("the server did not answer a keepalive ping within \(timeout)")
+                channel.close(promise: nil)
+                task.cancel()
+            }
+        }
     }
 
     /// Closes the connection; calls still open fail with UNAVAILABLE.
@@ -216,6 +234,24 @@ final class CallTable: Sendable {
         var pongs: [String: [CheckedContinuation<Void, any Error>]] = [:]
         var goawayLastStream: Int32?
         var closedReason: String?
+        /// The keepalive ping in flight, if any.
+        var keepalive: (data: String, sentAt: NIODeadline)?
+    }
+
+    enum KeepaliveStep { case idle, ping(String), dead }
+
+    /// What the keepalive timer does now: nothing (no calls open, or a ping is answered
+    /// soon enough), send a ping, or give the connection up.
+    func keepaliveTick(now: NIODeadline, timeout: TimeAmount) -> KeepaliveStep {
+        state.withLock { state in
+            if let pending = state.keepalive {
+                return now - pending.sentAt > timeout ? .dead : .idle
+            }
+            guard !state.open.isEmpty else { return .idle }
+            let data = "keepalive-\(UInt64.random(in: 0...UInt64.max))"
+            state.keepalive = (data, now)
+            return .ping(data)
+        }
     }
     private let state = Mutex(State())
 
@@ -257,6 +293,10 @@ final class CallTable: Sendable {
             }
         case .pong(let data):
             let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+                if let key = data, state.keepalive?.data == key {
+                    state.keepalive = nil
+                    return nil
+                }
                 guard let key = data, var waiting = state.pongs[key], !waiting.isEmpty else { return nil }
                 let first = waiting.removeFirst()
                 state.pongs[key] = waiting.isEmpty ? nil : waiting

@@ -40,49 +40,83 @@ struct ConnectionOptions: ParsableArguments {
         "Seconds each call may take (a watch is not bounded). Env: FERRY_TIMEOUT. Default 30.", valueName: "seconds"))
     var timeout: Double?
 
-    /// The per-call deadline.
-    var callTimeout: Duration {
-        let seconds = timeout ?? ProcessInfo.processInfo.environment["FERRY_TIMEOUT"].flatMap(Double.init) ?? 30
-        return .milliseconds(Int64(max(0.001, seconds) * 1000))
+    /// The per-call deadline: `--timeout`, else FERRY_TIMEOUT, else 30 s.
+    func callDuration() throws -> Duration {
+        var seconds = 30.0
+        if let timeout {
+            seconds = timeout
+        } else if let text = ProcessInfo.processInfo.environment["FERRY_TIMEOUT"], !text.isEmpty {
+            guard let value = Double(text) else { throw CLIError.usage("invalid FERRY_TIMEOUT '\(text)': expected seconds, e.g. 30") }
+            seconds = value
+        }
+        guard seconds.isFinite, seconds > 0, seconds <= 86400 else {
+            throw CLIError.usage("invalid timeout \(seconds): expected seconds between 0 and 86400")
+        }
+        return .milliseconds(Int64(seconds * 1000))
     }
+
+    /// The per-call deadline (validated when the client was configured).
+    var callTimeout: Duration { (try? callDuration()) ?? .seconds(30) }
 
     func clientConfiguration() throws -> FerryClientConfiguration {
         let environment = ProcessInfo.processInfo.environment
-        func variable(_ name: String) -> String? { environment[name].flatMap { $0.isEmpty ? nil : $0 } }
-        let saved = try ConfigFile.load()
-        let contextName = context ?? variable("FERRY_CONTEXT") ?? saved.file.currentContext
-        var chosen = ConfigFile.Context()
-        if let contextName {
-            guard let found = saved.file.contexts[contextName] else {
-                throw CLIError.usage("no context '\(contextName)' in \(saved.path); `ferry config get-contexts` lists them, `ferry config set-context \(contextName) --address …` makes it")
-            }
-            chosen = found
+        // An explicit --context is the whole answer to "where and as whom": FERRY_* connection
+        // variables (perhaps exported for another server) do not mix into it; flags still do.
+        let contextChosen = context != nil
+        func variable(_ name: String) -> String? {
+            guard !contextChosen else { return nil }
+            return environment[name].flatMap { $0.isEmpty ? nil : $0 }
         }
-
+        let callTimeout = try callDuration()
         var addressTexts = addresses.flatMap { $0.split(separator: ",").map(String.init) }
         if addressTexts.isEmpty, let text = variable("FERRY_ADDRESS") { addressTexts = text.split(separator: ",").map(String.init) }
-        if addressTexts.isEmpty { addressTexts = chosen.addresses }
+        var token = variable("FERRY_TOKEN")
+        var tokenFile = self.tokenFile ?? variable("FERRY_TOKEN_FILE")
+        var caFile = self.caFile ?? variable("FERRY_CA_FILE")
+        var serverName = self.serverName ?? variable("FERRY_SERVER_NAME")
+        var clientCertificate = self.clientCertificate ?? variable("FERRY_CLIENT_CERT")
+        var clientKey = self.clientKey ?? variable("FERRY_CLIENT_KEY")
+
+        // The config file is read only when it is named or something is still missing, so a
+        // broken file does not stop a command that gives everything itself.
+        let contextName = context ?? environment["FERRY_CONTEXT"].flatMap { $0.isEmpty ? nil : $0 }
+        if contextName != nil || addressTexts.isEmpty || caFile == nil || (token == nil && tokenFile == nil) {
+            let saved = try ConfigFile.load()
+            if let name = contextName ?? saved.file.currentContext {
+                guard let chosen = saved.file.contexts[name] else {
+                    throw CLIError.usage("no context '\(name)' in \(saved.path); `ferry config get-contexts` lists them, `ferry config set-context \(name) --address …` makes it")
+                }
+                if addressTexts.isEmpty { addressTexts = chosen.addresses }
+                if token == nil, tokenFile == nil { tokenFile = chosen.tokenFile }
+                caFile = caFile ?? chosen.caFile
+                serverName = serverName ?? chosen.serverName
+                clientCertificate = clientCertificate ?? chosen.clientCert
+                clientKey = clientKey ?? chosen.clientKey
+            }
+        }
         if addressTexts.isEmpty { addressTexts = ["127.0.0.1:7443"] }
         let parsed = try addressTexts.map { text in
             do { return try FerryAddress(parsing: text.trimmingCharacters(in: .whitespaces)) } catch {
                 throw CLIError.usage("invalid address '\(text)': expected host:port, e.g. 127.0.0.1:7443")
             }
         }
-
-        var token = variable("FERRY_TOKEN")
-        if let file = tokenFile ?? variable("FERRY_TOKEN_FILE") ?? (token == nil ? chosen.tokenFile : nil) {
+        if let file = tokenFile {
             guard let data = FileManager.default.contents(atPath: file), let text = String(data: data, encoding: .utf8) else {
                 throw CLIError.usage("cannot read the token file \(file)")
             }
             token = text.trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        var configuration = FerryClientConfiguration(addresses: parsed, trustRootsFile: caFile ?? variable("FERRY_CA_FILE") ?? chosen.caFile, token: token)
-        if let file = configuration.trustRootsFile, !FileManager.default.isReadableFile(atPath: file) {
-            throw CLIError.usage("cannot read the CA file \(file)")
+        var configuration = FerryClientConfiguration(addresses: parsed, trustRootsFile: caFile, token: token.flatMap { $0.isEmpty ? nil : $0 })
+        configuration.serverName = serverName
+        configuration.clientCertificateFile = clientCertificate
+        configuration.clientKeyFile = clientKey
+        // A connection attempt never outlasts the call it is for.
+        configuration.connectTimeout = min(configuration.connectTimeout, callTimeout)
+        do {
+            try configuration.validate()
+        } catch let error as RPCError {
+            throw CLIError.usage(error.message)
         }
-        configuration.serverName = serverName ?? variable("FERRY_SERVER_NAME") ?? chosen.serverName
-        configuration.clientCertificateFile = clientCertificate ?? variable("FERRY_CLIENT_CERT") ?? chosen.clientCert
-        configuration.clientKeyFile = clientKey ?? variable("FERRY_CLIENT_KEY") ?? chosen.clientKey
         return configuration
     }
 
@@ -131,11 +165,19 @@ struct ConfigFile: Codable {
         }
     }
 
+    /// Writes the file (through a symlink to its target), readable by its owner alone, since
+    /// it says where the owner's credentials are.
     func save(to path: String) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        let directory = (path as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try encoder.encode(self).write(to: URL(fileURLWithPath: path), options: .atomic)
+        let target = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+        let directory = (target as NSString).deletingLastPathComponent
+        do {
+            if !directory.isEmpty { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+            try encoder.encode(self).write(to: URL(fileURLWithPath: target), options: .atomic)
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: target)
+        } catch {
+            throw CLIError("cannot write the config file \(target): \(error.localizedDescription)")
+        }
     }
 }

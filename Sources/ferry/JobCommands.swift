@@ -9,8 +9,13 @@ struct SubmitOptions: ParsableArguments {
     var queue = false
 
     @Option(name: .customLong("request-id"), help: ArgumentHelp(
-        "Idempotency key: repeating the command with the same key returns the job the first one made.", valueName: "key"))
+        "Idempotency key: repeating the command with the same key returns the job the first one made. Default: a fresh one, so a call cut off by a lost connection is safely sent again.",
+        valueName: "key"))
     var requestID: String?
+
+    /// The key sent: the user's, or a fresh one (which makes the call safe to repeat after a
+    /// lost connection, without making two commands one).
+    var effectiveRequestID: String { requestID ?? "ferry-cli-" + UUID().uuidString.lowercased() }
 
     @Flag(name: .customLong("watch"), help: "Follow the job to its end (exit code from its status).")
     var watch = false
@@ -22,12 +27,12 @@ struct SubmitOptions: ParsableArguments {
 }
 
 /// Prints a job StartJob, RerunJob or CancelJob returned, then follows it when asked.
-func submitted(_ job: Job, verb: String, client: FerryClient, options: SubmitOptions) async throws {
+func submitted(_ job: Job, verb: String, client: FerryClient, options: SubmitOptions, connection: ConnectionOptions) async throws {
     if options.watch {
         if options.output.format != .json, !options.quiet {
             FileHandle.standardError.write(Data("\(verb) \(job.kind.label) job \(job.id) (\(job.status.name))\n".utf8))
         }
-        try await follow(job.id, client: client, format: options.output.format)
+        try await follow(job.id, client: client, format: options.output.format, timeout: connection.callTimeout)
         return
     }
     if options.quiet {
@@ -52,11 +57,11 @@ struct Start: AsyncParsableCommand {
 func start(_ request: StartJobRequest, connection: ConnectionOptions, options: SubmitOptions) async throws {
     var request = request
     request.queue = options.queue
-    request.requestID = options.requestID ?? ""
+    request.requestID = options.effectiveRequestID
     let client = try await connection.connect()
     defer { client.close() }
     let job = try await client.startJob(request, timeout: connection.callTimeout)
-    try await submitted(job, verb: "started", client: client, options: options)
+    try await submitted(job, verb: "started", client: client, options: options, connection: connection)
 }
 
 struct StartClone: AsyncParsableCommand {
@@ -219,8 +224,8 @@ struct Rerun: AsyncParsableCommand {
     func run() async throws {
         let client = try await connection.connect()
         defer { client.close() }
-        let rerun = try await client.rerunJob(job, queue: submit.queue, requestID: submit.requestID, timeout: connection.callTimeout)
-        try await submitted(rerun, verb: "rerun as", client: client, options: submit)
+        let rerun = try await client.rerunJob(job, queue: submit.queue, requestID: submit.effectiveRequestID, timeout: connection.callTimeout)
+        try await submitted(rerun, verb: "rerun as", client: client, options: submit, connection: connection)
     }
 }
 
@@ -244,7 +249,7 @@ struct Cancel: AsyncParsableCommand {
         defer { client.close() }
         let cancelled = try await client.cancelJob(job, timeout: connection.callTimeout)
         if watch {
-            try await follow(cancelled.id, client: client, format: output.format)
+            try await follow(cancelled.id, client: client, format: output.format, timeout: connection.callTimeout)
         } else if output.format == .json {
             try printJSON(cancelled)
         } else {
@@ -274,7 +279,7 @@ struct Watch: AsyncParsableCommand {
     func run() async throws {
         let client = try await connection.connect()
         defer { client.close() }
-        try await follow(job, client: client, format: output.format)
+        try await follow(job, client: client, format: output.format, timeout: connection.callTimeout)
     }
 }
 
@@ -386,7 +391,7 @@ enum JobDetail {
         }
         if job.status == .succeeded { lines.append(("Result", JobText.verified(job))) }
         if wide, case .some(let params) = job.params.params { lines.append(("Params", "\(params)")) }
-        var text = lines.map { "\($0.0 + ":")".padding(toLength: 11, withPad: " ", startingAt: 0) + $0.1 }.joined(separator: "\n")
+        var text = lines.map { "\($0.0 + ":")".padding(toLength: 11, withPad: " ", startingAt: 0) + printable($0.1) }.joined(separator: "\n")
         if !job.result.tables.isEmpty {
             var table = TextTable(["TENANT", "TABLE", "ROWS", "CHECKSUM"])
             for result in job.result.tables { table.add([result.tenant, result.table, grouped(result.rows), result.checksum]) }

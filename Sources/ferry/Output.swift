@@ -63,7 +63,7 @@ struct TextTable {
 
     init(_ headers: [String]) { rows = [headers] }
 
-    mutating func add(_ cells: [String]) { rows.append(cells) }
+    mutating func add(_ cells: [String]) { rows.append(cells.map(printable)) }
 
     var rendered: String {
         let columns = rows.map(\.count).max() ?? 0

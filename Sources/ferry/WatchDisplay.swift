@@ -5,7 +5,7 @@ import Foundation
 
 /// Follows a job to its end with `client.watchJob` (which reconnects and resumes by itself),
 /// printing it as `format` and the terminal's kind asks, then exits with the job's status.
-func follow(_ jobID: String, client: FerryClient, format: OutputFormat) async throws {
+func follow(_ jobID: String, client: FerryClient, format: OutputFormat, timeout: Duration) async throws {
     let display: any WatchDisplay
     if format == .json {
         display = NDJSONDisplay()
@@ -29,14 +29,19 @@ func follow(_ jobID: String, client: FerryClient, format: OutputFormat) async th
             if event.hasError { job.error = event.error } else { job.clearError() }
         default: break
         }
+        // A job that had already ended needs no replay of its history on a terminal.
+        if event.type == .snapshot, job.status.isTerminal, format != .json {
+            break
+        }
         try display.show(event, job: job)
         // Lines reach a pipe as they are printed, not when a buffer fills.
         flushOutput()
     }
-    // The stream ended after the terminal STATUS: read the whole job (result, times) once.
-    let final = try await client.getJob(jobID, timeout: .seconds(30))
+    // The exit status is the terminal status the watch saw; the whole job (result, times) is
+    // read once more for the last line, and the figures seen so far stand in if that fails.
+    let final = (try? await client.getJob(jobID, timeout: timeout)).flatMap { $0.status.isTerminal ? $0 : nil } ?? job
     display.finish(final)
-    let status = ExitStatus(job: final.status)
+    let status = ExitStatus(job: job.status.isTerminal ? job.status : final.status)
     if status != .success { throw ExitCode(status.rawValue) }
 }
 
@@ -73,13 +78,13 @@ struct LineDisplay: WatchDisplay {
         let head = "\(event.at.rfc3339) \(JobText.short(job.id.isEmpty ? event.jobID : job.id))"
         switch event.type {
         case .snapshot:
-            print("\(head) \(job.status.name) \(job.kind.label) \(JobText.route(job)): \(JobText.progress(job.progress, kind: job.kind))")
+            print(printable("\(head) \(job.status.name) \(job.kind.label) \(JobText.route(job)): \(JobText.progress(job.progress, kind: job.kind))"))
         case .progress:
             var line = "\(head) \(JobText.progress(event.progress, kind: job.kind))"
             if !event.progress.inFlight.isEmpty { line += " | in flight: \(event.progress.inFlight.joined(separator: ", "))" }
-            print(line)
+            print(printable(line))
         case .status:
-            print("\(head) \(event.status.name)" + (event.hasError ? " \(event.error.code): \(event.error.message)" : ""))
+            print(printable("\(head) \(event.status.name)" + (event.hasError ? " \(event.error.code): \(event.error.message)" : "")))
         default:
             break
         }
@@ -87,7 +92,7 @@ struct LineDisplay: WatchDisplay {
 
     func notice(_ text: String) { print("\(Date().rfc3339) ferry: \(text)") }
 
-    func finish(_ job: Job) { print(JobText.outcome(job)) }
+    func finish(_ job: Job) { print(printable(JobText.outcome(job))) }
 }
 
 /// A terminal: a few lines redrawn in place (bar, counts, rate, ETA, items in flight), then
@@ -96,11 +101,11 @@ final class LiveDisplay: WatchDisplay {
     private var drawn = 0
     private var samples: [(at: ContinuousClock.Instant, bytes: Int64)] = []
     private var firstProgress: ContinuousClock.Instant?
-    private let width: Int
 
-    init() {
+    /// The terminal's width now (it may have been resized since the last redraw).
+    private var width: Int {
         var size = winsize()
-        width = ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0 && size.ws_col > 20 ? Int(size.ws_col) : 100
+        return ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0 && size.ws_col > 20 ? Int(size.ws_col) : 100
     }
 
     func show(_ event: JobEvent, job: Job) throws {
@@ -121,7 +126,7 @@ final class LiveDisplay: WatchDisplay {
     func finish(_ job: Job) {
         redraw(lines(job, now: .now))
         drawn = 0
-        print(JobText.outcome(job))
+        print(printable(JobText.outcome(job)))
         flushOutput()
     }
 
@@ -149,7 +154,8 @@ final class LiveDisplay: WatchDisplay {
         if !progress.inFlight.isEmpty, !job.status.isTerminal {
             result.append("in flight: \(progress.inFlight.joined(separator: ", "))")
         }
-        return result.map { $0.count > width - 1 ? String($0.prefix(width - 2)) + "…" : $0 }
+        let width = self.width
+        return result.map(printable).map { $0.count > width - 1 ? String($0.prefix(width - 2)) + "…" : $0 }
     }
 
     /// Moves up over the lines drawn last time and clears them.
@@ -173,6 +179,16 @@ extension Date {
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         return formatter.string(from: self)
     }
+}
+
+/// `text` with control characters shown as escapes: names come from the databases, and a
+/// table named with a newline or an escape sequence must not break the display or the
+/// terminal.
+func printable(_ text: String) -> String {
+    guard text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else { return text }
+    return String(text.unicodeScalars.map { scalar in
+        scalar.properties.generalCategory == .control ? scalar.escaped(asASCII: true) : String(scalar)
+    }.joined())
 }
 
 /// Pushes what was printed to the terminal or pipe now (stdio buffers a pipe's output).

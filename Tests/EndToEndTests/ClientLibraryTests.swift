@@ -85,6 +85,47 @@ import Testing
         }
     }
 
+    /// A replica frozen (SIGSTOP) under a watch says nothing, and its socket stays open: only
+    /// the keepalive ping notices. The watch gives the connection up, moves to the other
+    /// replica and delivers the CANCELLED status that happened meanwhile.
+    @Test func aWatchThroughAFrozenReplicaMovesToAnother() async throws {
+        try await Replicas.with(count: 2, instances: 1, jobMs: 12000, jobSteps: 24) { replicas in
+            let direct = try await replicas.client(0)
+            defer { direct.close() }
+            let job = try await direct.startJob(.clone(from: "i0", "src", to: "i0", "dst"))
+            _ = try await direct.waitFor(job.id) { $0.status == .running && $0.progress.phase != "" }
+            let owner = try await ownerIndex(job, replicas)
+            let frozen = replicas.servers[1 - owner]
+            var configuration = Self.configuration(replicas, [frozen, replicas.servers[owner]])
+            configuration.keepaliveInterval = .seconds(1)
+            configuration.keepaliveTimeout = .seconds(2)
+            let watcher = FerryClient(configuration)
+            defer { watcher.close() }
+            let recorder = Recorder()
+            let watch = Task {
+                for try await event in watcher.watchJob(job.id, onReconnect: { address, _ in recorder.reconnects.withLock { $0.append(address) } }) {
+                    recorder.events.withLock { $0.append(event) }
+                }
+            }
+            try await waitUntil("the watch shows the snapshot and some progress") { recorder.events.withLock { $0.count } >= 3 }
+            #expect(await watcher.connectedAddress == FerryAddress(host: frozen.host, port: frozen.port))
+            frozen.process.child.signal(SIGSTOP)
+            defer { frozen.process.child.signal(SIGCONT) }
+            let ownerClient = try await replicas.client(owner)
+            defer { ownerClient.close() }
+            _ = try await ownerClient.cancelJob(job.id)
+            let ended = ContinuousClock.now
+            try await waitUntil("the watch ends after the frozen replica is given up", timeout: .seconds(45)) {
+                recorder.events.withLock { $0.last?.type == .status && $0.last?.status == .cancelled }
+            }
+            try await watch.value
+            #expect(ContinuousClock.now - ended < .seconds(30))
+            #expect(recorder.reconnects.withLock { $0 } == [FerryAddress(host: replicas.servers[owner].host, port: replicas.servers[owner].port)])
+            let statuses = recorder.events.withLock { $0 }.filter { $0.type == .status }.map(\.status)
+            #expect(statuses == [.running, .cancelled], "\(statuses)")
+        }
+    }
+
     /// Deadlines and cancellation reach the server; an address nobody serves fails at once
     /// with UNAVAILABLE naming it; a list of addresses skips the dead one.
     @Test func deadlinesCancellationAndDeadAddresses() async throws {

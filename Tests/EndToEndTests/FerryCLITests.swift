@@ -143,6 +143,9 @@ import Testing
             #expect(try await cli("list", "--status", "sleeping").status == 64)
             #expect(try await cli("start", "clone", "--from", "fixture", "--to", "i1/x").status == 64)
             #expect(try await cli("list", "--context", "nonesuch").status == 64)
+            #expect(try await cli("list", "--timeout", "inf").status == 64)
+            let notPEM = try await cli("list", "--ca-file", "/etc/hostname")
+            #expect(notPEM.status == 64 && notPEM.output.contains("holds no PEM certificate"), "\(notPEM.output)")
             let noToken = try await cli.run(["config", "set-context", "anonymous", "--address", replicas.servers[0].address, "--ca-file", replicas.caFile])
             #expect(noToken.status == 0 && noToken.output.contains("context anonymous saved") && !noToken.output.contains("(current)"), "\(noToken.output)")
             let anonymous = try await cli("list", "--context", "anonymous")
@@ -184,6 +187,8 @@ import Testing
             // The same watch on a pipe has no control characters at all.
             let piped = try await cli("watch", rerunID)
             #expect(piped.status == 0 && !piped.output.contains("\u{1B}"), "\(piped.output)")
+            // A finished job's watch prints its outcome, not a replay of its history.
+            #expect(piped.lines.count == 1 && piped.lines[0].hasPrefix("clone \(rerunID) SUCCEEDED"), "\(piped.output)")
         }
     }
 

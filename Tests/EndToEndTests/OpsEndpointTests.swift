@@ -63,7 +63,7 @@ import Glibc
 }
 
 /// A blocking loopback TCP client, enough to hold connections open and read an answer.
-private final class RawSocket {
+final class RawSocket {
     private var fd: Int32
 
     init(port: Int) throws {
