@@ -391,7 +391,7 @@ enum JobDetail {
         }
         if job.status == .succeeded { lines.append(("Result", JobText.verified(job))) }
         if wide, case .some(let params) = job.params.params { lines.append(("Params", "\(params)")) }
-        var text = lines.map { "\($0.0 + ":")".padding(toLength: 11, withPad: " ", startingAt: 0) + printable($0.1) }.joined(separator: "\n")
+        var text = keyValues(lines)
         if !job.result.tables.isEmpty {
             var table = TextTable(["TENANT", "TABLE", "ROWS", "CHECKSUM"])
             for result in job.result.tables { table.add([result.tenant, result.table, grouped(result.rows), result.checksum]) }

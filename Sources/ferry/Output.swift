@@ -79,6 +79,12 @@ struct TextTable {
     func print() { Swift.print(rendered) }
 }
 
+/// `Key:` and value lines with the values aligned (control characters in values escaped).
+func keyValues(_ lines: [(String, String)]) -> String {
+    let width = (lines.map(\.0.count).max() ?? 0) + 2
+    return lines.map { "\($0.0 + ":")".padding(toLength: width, withPad: " ", startingAt: 0) + printable($0.1) }.joined(separator: "\n")
+}
+
 // MARK: Numbers and times
 
 /// 1234567 → "1,234,567".

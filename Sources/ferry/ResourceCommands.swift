@@ -212,7 +212,7 @@ struct ArtifactsGet: AsyncParsableCommand {
             ("SHA-256", found.sha256), ("Format", "version \(found.formatVersion)"),
             ("Created", "\(found.createdAt.rfc3339) (\(found.createdAt.age) ago)"), ("Expires", "\(found.expiresAt.rfc3339) (\(expiry(found)))"),
         ]
-        for (key, value) in lines { print("\(key + ":")".padding(toLength: 12, withPad: " ", startingAt: 0) + value) }
+        print(keyValues(lines))
     }
 }
 
