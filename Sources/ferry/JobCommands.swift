@@ -50,6 +50,13 @@ func submitted(_ job: Job, verb: String, client: FerryClient, options: SubmitOpt
 struct Start: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Start a job: clone, export, import or replace.",
+        discussion: """
+        Examples:
+          ferry start clone --from eu-1/acme --to eu-2/acme --watch
+          ferry start export --from eu-1/acme --ttl 30d -q
+          ferry start import --artifact 4f1c2a9e-0b7d-4c55-9a61-2f8e3d1b6c70 --to eu-2/acme_restored
+          ferry start replace --from eu-1 --to eu-1-new --watch
+        """,
         subcommands: [StartClone.self, StartExport.self, StartImport.self, StartReplace.self])
 }
 

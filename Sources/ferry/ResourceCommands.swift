@@ -8,6 +8,11 @@ import Foundation
 struct Instances: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Register and list the PostgreSQL instances Ferry moves tenants between.",
+        discussion: """
+        Examples:
+          ferry instances put eu-1 --dsn-file /run/secrets/eu-1.dsn
+          ferry instances list
+        """,
         subcommands: [InstancesPut.self, InstancesList.self])
 }
 
@@ -126,6 +131,12 @@ struct Tenants: AsyncParsableCommand {
 struct Artifacts: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List, show and delete the archives export jobs wrote.",
+        discussion: """
+        Examples:
+          ferry artifacts list --tenant acme
+          ferry artifacts get 4f1c2a9e-0b7d-4c55-9a61-2f8e3d1b6c70
+          ferry artifacts delete 4f1c2a9e-0b7d-4c55-9a61-2f8e3d1b6c70
+        """,
         subcommands: [ArtifactsList.self, ArtifactsGet.self, ArtifactsDelete.self])
 }
 
@@ -305,7 +316,10 @@ struct SetContext: ParsableCommand {
 private func parseHostPortOrNil(_ text: String) -> FerryAddress? { try? FerryAddress(parsing: text) }
 
 struct UseContext: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "use-context", abstract: "Make a context the current one.")
+    static let configuration = CommandConfiguration(commandName: "use-context", abstract: "Make a context the current one.", discussion: """
+        Examples:
+          ferry config use-context prod
+        """)
     @Argument(help: "The context's name.") var name: String
 
     func run() throws {
@@ -320,7 +334,10 @@ struct UseContext: ParsableCommand {
 }
 
 struct GetContexts: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "get-contexts", abstract: "List the contexts; * marks the current one.")
+    static let configuration = CommandConfiguration(commandName: "get-contexts", abstract: "List the contexts; * marks the current one.", discussion: """
+        Examples:
+          ferry config get-contexts
+        """)
 
     func run() throws {
         let (file, path) = try ConfigFile.load()
@@ -334,7 +351,10 @@ struct GetContexts: ParsableCommand {
 }
 
 struct DeleteContext: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "delete-context", abstract: "Remove a context.")
+    static let configuration = CommandConfiguration(commandName: "delete-context", abstract: "Remove a context.", discussion: """
+        Examples:
+          ferry config delete-context staging
+        """)
     @Argument(help: "The context's name.") var name: String
 
     func run() throws {
@@ -349,7 +369,11 @@ struct DeleteContext: ParsableCommand {
 }
 
 struct ViewConfig: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "view", abstract: "Print the config file and where it is.")
+    static let configuration = CommandConfiguration(commandName: "view", abstract: "Print the config file and where it is.", discussion: """
+        Examples:
+          ferry config view
+          FERRY_CONFIG=./ci-ferry.json ferry config view
+        """)
 
     func run() throws {
         let (file, path) = try ConfigFile.load()
