@@ -1,6 +1,7 @@
 // Callers name the protocol's messages (Job, StartJobRequest, RPCError) with this module alone.
 @_exported import FerryProtocol
 import Foundation
+import NIOSSL
 import Synchronization
 
 /// The client of a `ferryd` deployment: one or more replica addresses sharing one control
@@ -212,6 +213,8 @@ private actor ConnectionSlot {
     /// Index of the address to try first.
     private var preferred = 0
     private var hasConnected = false
+    /// The TLS settings, made from the configuration's files at the first dial.
+    private var tls: NIOSSLContext?
     /// Set at once by `close()`, before the actor gets to it, so no call starts after.
     private nonisolated let closedFlag = Mutex(false)
 
@@ -220,6 +223,13 @@ private actor ConnectionSlot {
     }
 
     var currentAddress: FerryAddress? { current?.address }
+
+    private func tlsContext() throws -> NIOSSLContext {
+        if let tls { return tls }
+        let made = try configuration.makeTLSContext()
+        tls = made
+        return made
+    }
 
     nonisolated func markClosed() { closedFlag.withLock { $0 = true } }
     private var closed: Bool { closedFlag.withLock { $0 } }
@@ -238,8 +248,9 @@ private actor ConnectionSlot {
         if let dialling {
             task = dialling
         } else {
+            let tls = try tlsContext()
             task = Task { [configuration, preferred, hasConnected] in
-                try await Self.dial(configuration, startingAt: preferred, patient: hasConnected)
+                try await Self.dial(configuration, tls: tls, startingAt: preferred, patient: hasConnected)
             }
             dialling = task
             Task { await self.adopt(task) }
@@ -304,7 +315,7 @@ private actor ConnectionSlot {
 
     /// Tries the addresses in turn from `startingAt`; an impatient dial makes one round, a
     /// patient one goes on with growing pauses for up to `reconnectTimeout`.
-    private static func dial(_ configuration: FerryClientConfiguration, startingAt first: Int, patient: Bool) async throws -> (FerryConnection, Int) {
+    private static func dial(_ configuration: FerryClientConfiguration, tls: NIOSSLContext, startingAt first: Int, patient: Bool) async throws -> (FerryConnection, Int) {
         let addresses = configuration.addresses
         let started = ContinuousClock.now
         var pause = Duration.milliseconds(100)
@@ -314,7 +325,7 @@ private actor ConnectionSlot {
                 try Task.checkCancellation()
                 let index = (first + offset) % addresses.count
                 do {
-                    return (try await FerryConnection.connect(configuration, to: addresses[index]), index)
+                    return (try await FerryConnection.connect(configuration, to: addresses[index], tls: tls), index)
                 } catch let error as RPCError where error.code == .unavailable {
                     failures.append(error.message)
                 }

@@ -37,8 +37,13 @@ public final class FerryConnection: FerryCalling {
     /// Connects to `address` (default: the configuration's first address) and completes the
     /// TLS handshake.
     public static func connect(_ configuration: FerryClientConfiguration, to address: FerryAddress? = nil) async throws -> FerryConnection {
+        try await connect(configuration, to: address, tls: configuration.makeTLSContext())
+    }
+
+    /// Connects with TLS settings made earlier (a reconnecting client reads its files once,
+    /// so a certificate file removed meanwhile does not stop it).
+    static func connect(_ configuration: FerryClientConfiguration, to address: FerryAddress?, tls sslContext: NIOSSLContext) async throws -> FerryConnection {
         let address = address ?? configuration.address
-        let sslContext = try configuration.makeTLSContext()
         let calls = CallTable()
         let serverName = configuration.serverName ?? address.host
         // SNI carries host names only, never IP addresses (of either family).

@@ -10,8 +10,8 @@ struct Ferry: AsyncParsableCommand {
         commandName: "ferry",
         abstract: "Start, watch and manage Ferry's tenant-migration jobs (clone, export, import, instance replace).",
         discussion: """
-        Connection settings come from flags, else FERRY_* variables, else the current context of the config
-        file (`ferry config`), else 127.0.0.1:7443.
+        Connection settings come from flags, else FERRY_* variables, else the current
+        context of the config file (`ferry config`), else 127.0.0.1:7443.
 
         Exit codes:
           0   success (for a watch: the job SUCCEEDED)

@@ -270,9 +270,10 @@ struct Watch: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Follow a job to its end: a live display on a terminal, timestamped lines on a pipe, NDJSON with -o json.",
         discussion: """
-        The watch survives ferryd restarts: it reconnects (to the next --address when there are several) and
-        resumes after the last event it printed, so no status change is lost. Exits 0 when the job SUCCEEDED,
-        2 when it FAILED, 3 when it was CANCELLED.
+        The watch survives ferryd restarts: it reconnects (to the next --address when
+        there are several) and resumes after the last event it printed, so no status
+        change is lost. Exits 0 when the job SUCCEEDED, 2 when it FAILED, 3 when it
+        was CANCELLED.
 
         Examples:
           ferry watch 4f1c2a9e-0b7d-4c55-9a61-2f8e3d1b6c70

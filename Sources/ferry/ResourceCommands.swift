@@ -21,8 +21,8 @@ struct InstancesPut: AsyncParsableCommand {
         commandName: "put",
         abstract: "Register an instance, or replace its DSN (needs role admin). The DSN is never printed or returned.",
         discussion: """
-        Give the DSN in a file or a variable rather than on the command line, where other users of the machine
-        can read it.
+        Give the DSN in a file or a variable rather than on the command line, where
+        other users of the machine can read it.
 
         Examples:
           ferry instances put eu-1 --dsn-file /run/secrets/eu-1.dsn
@@ -255,8 +255,9 @@ struct Config: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Named contexts (where and as whom to connect) in the config file, as kubectl's.",
         discussion: """
-        The file is $FERRY_CONFIG, else $XDG_CONFIG_HOME/ferry/config.json, else ~/.config/ferry/config.json. It
-        stores file paths (CA, token, client certificate), never a token.
+        The file is $FERRY_CONFIG, else $XDG_CONFIG_HOME/ferry/config.json, else
+        ~/.config/ferry/config.json. It stores file paths (CA, token, client
+        certificate), never a token.
 
         Examples:
           ferry config set-context prod --address ferry-a:7443 --address ferry-b:7443 --ca-file /etc/ferry/ca.pem --token-file ~/.ferry/prod.token --use

@@ -75,12 +75,12 @@ struct NDJSONDisplay: WatchDisplay {
 /// A pipe: one timestamped line per event (the server's time of the event).
 struct LineDisplay: WatchDisplay {
     func show(_ event: JobEvent, job: Job) throws {
-        let head = "\(event.at.rfc3339) \(JobText.short(job.id.isEmpty ? event.jobID : job.id))"
+        let head = "\(Date(timeIntervalSince1970: event.at.seconds1970).rfc3339) \(JobText.short(job.id.isEmpty ? event.jobID : job.id))"
         switch event.type {
         case .snapshot:
             print(printable("\(head) \(job.status.name) \(job.kind.label) \(JobText.route(job)): \(JobText.progress(job.progress, kind: job.kind))"))
         case .progress:
-            var line = "\(head) \(JobText.progress(event.progress, kind: job.kind))"
+            var line = "\(head) \(job.status.name) \(JobText.progress(event.progress, kind: job.kind))"
             if !event.progress.inFlight.isEmpty { line += " | in flight: \(event.progress.inFlight.joined(separator: ", "))" }
             print(printable(line))
         case .status:
