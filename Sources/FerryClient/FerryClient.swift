@@ -28,7 +28,9 @@ import Synchronization
 /// **Retries.** A call that fails UNAVAILABLE is made again on a new connection only when
 /// repeating it cannot do anything twice: the read methods, CancelJob, PutInstance, and
 /// StartJob or RerunJob with a `request_id` (the server returns the job the first call made).
-/// Other calls fail with the UNAVAILABLE error, and the caller decides.
+/// Other calls fail with the UNAVAILABLE error, and the caller decides — unless the server
+/// provably never processed them (the connection was gone before they were sent, or its
+/// goaway named an earlier last stream): any call is sent again then.
 ///
 /// **Deadlines and cancellation.** Each call takes an optional `timeout`, which the server
 /// also sees; cancelling the calling task cancels the call on the server.
@@ -84,7 +86,7 @@ public final class FerryClient: FerryCalling {
                     guard remaining! > .zero else { throw RPCError(.deadlineExceeded, "\(method.info.name): the deadline passed before the call could be sent") }
                 }
                 return try await connection.unary(method, request, timeout: remaining, metadata: metadata)
-            } catch let error as RPCError where error.code == .unavailable && repeatable && !Task.isCancelled {
+            } catch let error as RPCError where error.code == .unavailable && (repeatable || error.wasNotProcessed) && !Task.isCancelled {
                 // A connection that is going away is replaced; an UNAVAILABLE the server
                 // answered on a healthy one is asked again there after the pause.
                 if connection.isGoingAway { await slot.discard(connection) }

@@ -169,7 +169,7 @@ public final class FerryConnection: FerryCalling {
         }
         let (stream, continuation) = AsyncThrowingStream<ByteBuffer, any Error>.makeStream()
         guard let id = calls.open(continuation) else {
-            continuation.finish(throwing: RPCError(.unavailable, calls.closedReason))
+            continuation.finish(throwing: RPCError.notSent(calls.closedReason))
             return FerryStream(stream) {}
         }
         let channel = self.channel
@@ -316,7 +316,7 @@ final class CallTable: Sendable {
                 return ids.compactMap { state.open.removeValue(forKey: $0) }
             }
             for continuation in refused {
-                continuation.finish(throwing: RPCError(.unavailable, "the server sent goaway (\(code.rawValue): \(message)) before this call"))
+                continuation.finish(throwing: RPCError.notSent("the server sent goaway (\(code.rawValue): \(message)) before this call"))
             }
         }
     }
@@ -391,5 +391,20 @@ final class ClientFrameHandler: ChannelInboundHandler {
         handshake.fail(RPCError(.unavailable, "connection closed during the TLS handshake"))
         calls.closeAll(lastGoaway.map { "the connection closed after goaway (\($0))" } ?? "the connection closed")
         context.fireChannelInactive()
+    }
+}
+
+extension RPCError {
+    /// UNAVAILABLE for a call the server never processed: the connection was gone before it
+    /// was sent, or the server's goaway named a last stream before it. Such a call may be sent
+    /// again whatever its method.
+    static func notSent(_ message: String) -> RPCError {
+        RPCError(.unavailable, message, details: .object(["notProcessed": .bool(true)]))
+    }
+
+    /// Whether this is a ``notSent(_:)`` error.
+    public var wasNotProcessed: Bool {
+        guard code == .unavailable, case .object(let details)? = details else { return false }
+        return details["notProcessed"] == .bool(true)
     }
 }

@@ -59,7 +59,9 @@ struct ConnectionStateMachine<Stream: AnyObject> {
         guard !discardingInput, !isClosed else { return .ignore }
         if let existing = open[id] { return .endOpenStream(existing) }
         if goingAway {
-            return .refuse(RPCError(.unavailable, "the connection is going away (goaway sent); open a new connection"))
+            // Never run: the client may send it again anywhere, whatever the method.
+            return .refuse(RPCError(.unavailable, "the connection is going away (goaway sent); open a new connection",
+                                    details: .object(["notProcessed": .bool(true)])))
         }
         guard runningHandlers < maxConcurrentStreams else {
             return .refuse(RPCError(.resourceExhausted, "too many open streams on this connection (limit \(maxConcurrentStreams))"))

@@ -104,6 +104,7 @@ import Testing
             return
         }
         #expect(error.code == .unavailable)
+        #expect(error.details == .object(["notProcessed": .bool(true)]), "a refused call says it never ran, so clients may send it again")
         #expect(m.receivedCancel(11) === open, "open streams are still served")
         #expect(m.receivedPing())
         #expect(m.drainExpired().first === open)
