@@ -197,6 +197,8 @@ struct StartReplace: AsyncParsableCommand {
     var copyWidth: UInt32?
     @Option(name: .customLong("index-width"), help: "Per tenant: index builds at once.")
     var indexWidth: UInt32?
+    @Option(name: .customLong("split-table-bytes"), help: "Per tenant: split tables larger than this into parallel block ranges.")
+    var splitTableBytes: Int64?
     @OptionGroup var submit: SubmitOptions
     @OptionGroup var connection: ConnectionOptions
 
@@ -209,6 +211,7 @@ struct StartReplace: AsyncParsableCommand {
                 $0.tenantWidth = tenantWidth ?? 0
                 $0.copyWidth = copyWidth ?? 0
                 $0.indexWidth = indexWidth ?? 0
+                $0.splitTableBytes = splitTableBytes ?? 0
             }
         }, connection: connection, options: submit)
     }
