@@ -2,6 +2,7 @@ import ControlDatabase
 import FerryCore
 import Foundation
 import Logging
+import Metrics
 import PostgresNIO
 import ServiceLifecycle
 import Synchronization
@@ -223,6 +224,7 @@ public final class RetentionWorker: Service, Sendable {
                     if let open = connection,
                        case .acquired(let at) = try await runner.lease.tryAcquire(due: runner.configuration.interval, on: open, logger: logger) {
                         let summary = try await runner.sweep(leaseConnection: open, startedAt: at)
+                        summary.count()
                         let metadata: Logger.Metadata = [
                             "artifacts_deleted": "\(summary.artifactsDeleted)", "artifact_rows_finished": "\(summary.artifactRowsFinished)",
                             "artifacts_skipped_in_use": "\(summary.artifactsSkippedInUse)",
@@ -249,5 +251,17 @@ public final class RetentionWorker: Service, Sendable {
             }
             try? await connection?.close()
         }
+    }
+}
+
+extension SweepSummary {
+    /// Adds what the sweep deleted to `ferry_retention_deleted_total` (by what) and its
+    /// failures to `ferry_retention_failures_total`.
+    func count() {
+        for (what, n) in [("artifacts", artifactsDeleted + artifactRowsFinished), ("staging_folders", stagingDeleted),
+                          ("orphan_folders", orphansDeleted), ("events", eventsDeleted)] where n > 0 {
+            Counter(label: "ferry_retention_deleted_total", dimensions: [("what", what)]).increment(by: n)
+        }
+        if failures > 0 { Counter(label: "ferry_retention_failures_total").increment(by: failures) }
     }
 }

@@ -3,6 +3,7 @@ import FerryProtocol
 import Foundation
 import JobStore
 import Logging
+import Metrics
 import PostgresNIO
 
 /// Admission: the one place where jobs become RUNNING or QUEUED.
@@ -175,6 +176,7 @@ public actor Coordinator {
         }
         let retried = Set(retry.map(\.seq))
         for (entry, answer) in zip(batch, answers) where !retried.contains(entry.seq) {
+            Self.count(answer)
             entry.continuation.resume(with: answer)
         }
         if closed {
@@ -183,6 +185,20 @@ public actor Coordinator {
             pending = (retry + pending).sorted { $0.seq < $1.seq }
         }
         dispatch()
+    }
+
+    /// Counts an answer in `ferry_admission_decisions_total`, by what the caller sees: the job
+    /// RUNNING (admitted), QUEUED, another status (a repeated request id), or refused with a code.
+    static func count(_ answer: Result<JobRecord, any Error>) {
+        let dimensions: [(String, String)]
+        switch answer {
+        case .success(let record):
+            let outcome = record.status == .running ? "admitted" : record.status == .queued ? "queued" : "existing"
+            dimensions = [("outcome", outcome), ("code", "OK")]
+        case .failure(let error):
+            dimensions = [("outcome", "refused"), ("code", (error as? RPCError)?.code.rawValue ?? StatusCode.unknown.rawValue)]
+        }
+        Counter(label: "ferry_admission_decisions_total", dimensions: dimensions).increment()
     }
 
     /// One admission transaction for `requests`, in arrival order: every answer, or a

@@ -4,6 +4,7 @@ import FerryProtocol
 import Foundation
 import JobStore
 import Logging
+import Metrics
 import PostgresNIO
 import ServiceLifecycle
 
@@ -52,7 +53,13 @@ public final class Leader: Service, Sendable {
         self.onRescued = onRescued
     }
 
+    /// 1 while this replica holds the leader lease.
+    static let isLeader = Gauge(label: "ferry_leader")
+    /// Jobs of dead replicas this replica failed as the leader.
+    static let rescued = Counter(label: "ferry_leader_rescued_jobs_total")
+
     public func run() async throws {
+        Self.isLeader.record(0)
         // Renew three times per lifetime, and look for dead jobs as often.
         let interval = configuration.leaseDuration / 3
         let (leading, connection) = await cancelWhenGracefulShutdown { [self] () async -> (Bool, PostgresConnection?) in
@@ -66,11 +73,16 @@ public final class Leader: Service, Sendable {
                     if attempt == .acquired {
                         if !leading { logger.notice("this replica is the leader") }
                         leading = true
+                        Self.isLeader.record(1)
                         let rescued = try await rescue(on: open)
-                        if !rescued.isEmpty { await onRescued(rescued) }
+                        if !rescued.isEmpty {
+                            Self.rescued.increment(by: rescued.count)
+                            await onRescued(rescued)
+                        }
                     } else {
                         if leading { logger.notice("this replica is no longer the leader") }
                         leading = false
+                        Self.isLeader.record(0)
                     }
                 } catch {
                     logger.warning("leader election failed", metadata: ["error": "\(String(reflecting: error))"])
@@ -82,6 +94,7 @@ public final class Leader: Service, Sendable {
             }
             return (leading, connection)
         }
+        Self.isLeader.record(0)
         if leading, let connection {
             // Let another replica lead at once rather than after the lease lapses.
             _ = try? await lease.release(on: connection, logger: logger)

@@ -4,6 +4,7 @@ import FerryRuntime
 import Foundation
 import JobStore
 import Logging
+import Metrics
 import PostgresNIO
 import ServiceLifecycle
 import Synchronization
@@ -42,6 +43,10 @@ public final class ExecutorPool: Service, Sendable {
 
     final class RunningJob: Sendable {
         let id: UUID
+        /// The kind's label in metrics (`clone`, `instance_replace`, …).
+        let kind: String
+        /// Rows and bytes already counted in the copy counters (progress only grows within an attempt).
+        let counted = Mutex<(rows: Int64, bytes: Int64)>((0, 0))
         let task: Mutex<Task<Void, any Error>?> = Mutex(nil)
         let signal: StopSignal
         let sessions: Mutex<InstanceSessions?> = Mutex(nil)
@@ -58,8 +63,9 @@ public final class ExecutorPool: Service, Sendable {
         let counters: Mutex<ProgressCounters?> = Mutex(nil)
         let result = ResultBox()
 
-        init(id: UUID, logger: Logger) {
+        init(id: UUID, kind: String, logger: Logger) {
             self.id = id
+            self.kind = kind
             signal = StopSignal()
             signal.onStop { [weak self] why in
                 guard let self else { return }
@@ -124,6 +130,8 @@ public final class ExecutorPool: Service, Sendable {
     public var runningJobIDs: [UUID] { running.withLock { Array($0.keys) } }
 
     public func run() async throws {
+        EngineMetrics.slots.record(configuration.executors)
+        EngineMetrics.busy.record(0)
         await withDiscardingTaskGroup { group in
             group.addTask { await self.heartbeatLoop() }
             group.addTask { await self.fenceLoop() }
@@ -137,8 +145,12 @@ public final class ExecutorPool: Service, Sendable {
                        let record = await self.claim() {
                         // Registered before the task starts: it counts against the pool, gets
                         // heartbeats and hears cancel and shutdown from this moment on.
-                        let job = RunningJob(id: record.id, logger: self.logger)
-                        self.running.withLock { $0[record.id] = job }
+                        let job = RunningJob(id: record.id, kind: record.kind.name.lowercased(), logger: self.logger)
+                        let busy = self.running.withLock { running in
+                            running[record.id] = job
+                            return running.count
+                        }
+                        EngineMetrics.busy.record(busy)
                         if Task.isShuttingDownGracefully || !self.claiming.load(ordering: .relaxed) { job.stop(.shuttingDown) }
                         group.addTask { await self.execute(record, as: job) }
                         continue
@@ -178,7 +190,14 @@ public final class ExecutorPool: Service, Sendable {
             logger[metadataKey: "attempt"] = "\(record.attempt)"
             return logger
         }()
-        defer { running.withLock { $0[id] = nil } }
+        let started = ContinuousClock.now
+        defer {
+            let busy = running.withLock { running in
+                running[id] = nil
+                return running.count
+            }
+            EngineMetrics.busy.record(busy)
+        }
         jobLogger.info("job started", metadata: ["kind": "\(record.kind.name)"])
 
         let outcome: (status: JobStatus, error: JobError?)
@@ -234,6 +253,7 @@ public final class ExecutorPool: Service, Sendable {
         // A kind's result is kept with SUCCEEDED and FAILED (a failed instance_replace lists
         // each tenant's outcome); a cancelled job's is dropped.
         await recordOutcome(outcome, result: outcome.status == .cancelled ? nil : job.result.value.withLock { $0 }, for: id, logger: jobLogger)
+        EngineMetrics.finished(kind: job.kind, status: outcome.status, after: ContinuousClock.now - started)
         // The slot is free: look for the next admitted job now, not at the next poll.
         wakeup.signal()
         await onFinished()
@@ -347,6 +367,7 @@ public final class ExecutorPool: Service, Sendable {
             }
             if stillOurs {
                 job.written.withLock { $0 = max($0, version) }
+                EngineMetrics.copied(job, progress)
             } else {
                 job.stop(.lostOwnership)
             }
@@ -414,5 +435,30 @@ public final class ExecutorPool: Service, Sendable {
                 job.stop(.lostOwnership)
             }
         }
+    }
+}
+
+/// The executor pool's series on the ops endpoint (docs/operations.md lists them).
+enum EngineMetrics {
+    static let slots = Gauge(label: "ferry_executor_slots")
+    static let busy = Gauge(label: "ferry_executor_busy")
+
+    /// One attempt ended on this replica: counted by kind and status, its time recorded.
+    static func finished(kind: String, status: JobStatus, after duration: Duration) {
+        let dimensions = [("kind", kind), ("status", status.name.lowercased())]
+        Counter(label: "ferry_jobs_finished_total", dimensions: dimensions).increment()
+        Metrics.Timer(label: "ferry_job_duration_seconds", dimensions: dimensions, preferredDisplayUnit: .seconds)
+            .recordNanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+    }
+
+    /// Adds what a job copied since its last progress write to the copy counters.
+    static func copied(_ job: ExecutorPool.RunningJob, _ progress: JobProgress) {
+        let (rows, bytes) = job.counted.withLock { counted -> (Int64, Int64) in
+            let delta = (max(0, progress.rowsCopied - counted.rows), max(0, progress.bytesCopied - counted.bytes))
+            counted = (max(counted.rows, progress.rowsCopied), max(counted.bytes, progress.bytesCopied))
+            return delta
+        }
+        if rows > 0 { Counter(label: "ferry_rows_copied_total", dimensions: [("kind", job.kind)]).increment(by: rows) }
+        if bytes > 0 { Counter(label: "ferry_bytes_copied_total", dimensions: [("kind", job.kind)]).increment(by: bytes) }
     }
 }
