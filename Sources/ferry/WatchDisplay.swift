@@ -2,6 +2,7 @@ import ArgumentParser
 import FerryClient
 import FerryProtocol
 import Foundation
+import Synchronization
 
 /// Follows a job to its end with `client.watchJob` (which reconnects and resumes by itself),
 /// printing it as `format` and the terminal's kind asks, then exits with the job's status.
@@ -47,16 +48,14 @@ func follow(_ jobID: String, client: FerryClient, format: OutputFormat, timeout:
 
 /// Reconnection notices, posted by the watch's callback and printed by the display between events.
 final class NoticeBox: Sendable {
-    private let notices = LockedStrings()
-    func post(_ text: String) { notices.append(text) }
-    func take() -> [String] { notices.drain() }
-}
-
-final class LockedStrings: @unchecked Sendable {
-    private let lock = NSLock()
-    private var items: [String] = []
-    func append(_ item: String) { lock.withLock { items.append(item) } }
-    func drain() -> [String] { lock.withLock { defer { items = [] }; return items } }
+    private let notices = Mutex<[String]>([])
+    func post(_ text: String) { notices.withLock { $0.append(text) } }
+    func take() -> [String] {
+        notices.withLock { notices in
+            defer { notices = [] }
+            return notices
+        }
+    }
 }
 
 protocol WatchDisplay {

@@ -1,5 +1,6 @@
 import FerryClient
 import FerryProtocol
+import FerryRuntime
 import FerryTestSupport
 import Foundation
 import PostgresNIO
@@ -130,7 +131,7 @@ import Testing
     /// with UNAVAILABLE naming it; a list of addresses skips the dead one.
     @Test func deadlinesCancellationAndDeadAddresses() async throws {
         try await Replicas.with(count: 1, instances: 1, jobMs: 60000, jobSteps: 2) { replicas in
-            let dead = FerryAddress(host: "127.0.0.1", port: try freePort())
+            let dead = FerryAddress(host: "127.0.0.1", port: try SystemProcess.freeLoopbackPort())
             var alone = Self.configuration(replicas, replicas.servers)
             alone.host = dead.host
             alone.port = dead.port
@@ -203,26 +204,7 @@ private func connectionOf(_ client: FerryClient) async throws -> FerryConnection
 
 /// The server's `ferry_rpc_open_streams` gauge, read from its ops endpoint.
 func openStreams(_ server: ServingFerryd) throws -> Double {
-    let port = try #require(server.ready["opsURL"].flatMap { $0.split(separator: ":").last }.flatMap { Int($0) })
-    let text = try RawSocket.get(port: port, path: "/metrics")
-    let line = try #require(text.split(separator: "\n").first { $0.hasPrefix("ferry_rpc_open_streams ") }, "\(text)")
-    return try #require(Double(line.split(separator: " ")[1]))
-}
-
-/// A free TCP port on the loopback (nobody listens on it afterwards).
-func freePort() throws -> Int {
-    let socket = Foundation.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(socket) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
-    }
-    guard bound else { throw RPCError(.internal, "cannot bind a socket") }
-    return Int(UInt16(bigEndian: address.sin_port))
+    try #require(MetricsTests.value(try MetricsTests.scrape(server), "ferry_rpc_open_streams"))
 }
 
 /// The RPC error a call threw, if it threw one.

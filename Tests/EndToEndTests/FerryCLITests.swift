@@ -1,6 +1,7 @@
 import ControlDatabase
 import FerryClient
 import FerryProtocol
+import FerryRuntime
 import FerryTestSupport
 import Foundation
 import SwiftProtobuf
@@ -150,7 +151,7 @@ import Testing
             #expect(noToken.status == 0 && noToken.output.contains("context anonymous saved") && !noToken.output.contains("(current)"), "\(noToken.output)")
             let anonymous = try await cli("list", "--context", "anonymous")
             #expect(anonymous.status == 5 && anonymous.output.contains("UNAUTHENTICATED") && anonymous.output.contains("hint: give a token"), "\(anonymous.output)")
-            let nobody = try await cli("list", "--address", "127.0.0.1:\(try freePort())")
+            let nobody = try await cli("list", "--address", "127.0.0.1:\(try SystemProcess.freeLoopbackPort())")
             #expect(nobody.status == 6 && nobody.output.contains("cannot reach ferryd") && nobody.output.contains("hint: is ferryd running"), "\(nobody.output)")
         }
     }
