@@ -22,6 +22,9 @@ import ServiceLifecycle
 /// automatically: a job that kills its replica (out of memory, a crash in a driver) would
 /// otherwise take one replica after another down, and the caller that started it should
 /// decide. RerunJob resumes it from its saved resume state.
+///
+/// While it holds the lease, the leader also exports the cluster's queued and running jobs
+/// per instance (``JobCountsMetrics``), so exactly one replica reports them.
 public final class Leader: Service, Sendable {
     public struct Configuration: Sendable {
         /// Lifetime of the leader lease; a dead leader is replaced within it.
@@ -39,6 +42,7 @@ public final class Leader: Service, Sendable {
     private let configuration: Configuration
     private let logger: Logger
     private let onRescued: @Sendable ([JobLifecycle.Stale]) async -> Void
+    private let jobCounts = JobCountsMetrics()
 
     /// - Parameter url: the control database, for the leader's own connection.
     public init(replica: String, url: DatabaseURL, configuration: Configuration, logger: Logger, onRescued: @escaping @Sendable ([JobLifecycle.Stale]) async -> Void) {
@@ -79,10 +83,12 @@ public final class Leader: Service, Sendable {
                             Self.rescued.increment(by: rescued.count)
                             await onRescued(rescued)
                         }
+                        await jobCounts.refresh(on: open, logger: logger)
                     } else {
                         if leading { logger.notice("this replica is no longer the leader") }
                         leading = false
                         Self.isLeader.record(0)
+                        jobCounts.clear()
                     }
                 } catch {
                     logger.warning("leader election failed", metadata: ["error": "\(String(reflecting: error))"])
@@ -95,6 +101,7 @@ public final class Leader: Service, Sendable {
             return (leading, connection)
         }
         Self.isLeader.record(0)
+        jobCounts.clear()
         if leading, let connection {
             // Let another replica lead at once rather than after the lease lapses.
             _ = try? await lease.release(on: connection, logger: logger)
@@ -111,7 +118,7 @@ public final class Leader: Service, Sendable {
             guard try await JobLifecycle.rescue(job, timeout: timeout, cancelGrace: grace, on: connection, logger: logger) else { continue }
             rescued.append(job)
             logger.warning(job.cancelRequested ? "cancelled a job whose replica stopped heartbeating" : "rescued a job whose replica stopped heartbeating",
-                           metadata: ["job_id": "\(job.id.uuidString.lowercased())", "owner": "\(job.owner)"])
+                           metadata: ["job_id": "\(job.id.uuidString.lowercased())", "attempt": "\(job.attempt)", "owner": "\(job.owner)"])
         }
         return rescued
     }
