@@ -326,6 +326,10 @@ let package = Package(
                            .product(name: "Logging", package: "swift-log"), .product(name: "PostgresNIO", package: "postgres-nio")]
         ),
         .testTarget(
+            name: "FerrydCLITests",
+            dependencies: ["FerrydCLI", .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(
             name: "EmbeddedPostgresTests",
             dependencies: ["EmbeddedPostgres", "FerryRuntime", "ControlDatabase", "FerryTestSupport", .product(name: "PostgresNIO", package: "postgres-nio")]
         ),

@@ -46,6 +46,11 @@ struct DatabaseOptions: ParsableArguments {
         valueName: "level"))
     var logLevel: String?
 
+    @Option(name: .customLong("log-format"), help: ArgumentHelp(
+        "text (one line per event, for people) or json (one JSON object per line, for log shippers). Env: FERRY_LOG_FORMAT. Default text.",
+        valueName: "format"))
+    var logFormat: LogFormat?
+
     /// Resolves flags and environment into a configuration; errors name the setting.
     func resolve(into configuration: inout ServerConfiguration) throws(StartupError) {
         let environment = ProcessInfo.processInfo.environment
@@ -73,6 +78,11 @@ struct DatabaseOptions: ParsableArguments {
         let text = logLevel ?? ProcessInfo.processInfo.environment["FERRY_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: text.lowercased()) else {
             throw StartupError("invalid log level '\(text)': expected trace, debug, info, notice, warning, error or critical")
+        }
+        // FerrydMain chose the format before parsing; an unknown flag value was refused by
+        // the parser, and an unknown FERRY_LOG_FORMAT is refused here.
+        if logFormat == nil, let format = ProcessInfo.processInfo.environment[LogFormat.variable], !format.isEmpty, LogFormat(argument: format) == nil {
+            throw StartupError("invalid \(LogFormat.variable) '\(format)': expected text or json")
         }
         var logger = Logger(label: "ferryd")
         logger.logLevel = level

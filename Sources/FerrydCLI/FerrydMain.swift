@@ -26,8 +26,13 @@ public enum FerrydMain {
     public static func main(kinds: JobKinds, adjust: (@Sendable (inout ServerConfiguration) -> Void)? = nil) async {
         Self.kinds.withLock { $0 = kinds }
         Self.adjust.withLock { $0 = adjust }
-        // Logs go to stderr; stdout is kept for command output.
-        LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+        // Logs go to stderr; stdout is kept for command output. The format is read from the
+        // raw arguments and environment because the logging system must be set up before
+        // parsing (which validates --log-format and FERRY_LOG_FORMAT, naming a bad value).
+        switch LogFormat.requested(arguments: Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment) {
+        case .text: LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+        case .json: LoggingSystem.bootstrap { label in JSONLogHandler.standardError(label: label) }
+        }
         do {
             var command = try await Ferryd.asyncParseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {
