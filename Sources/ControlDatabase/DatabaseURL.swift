@@ -95,7 +95,11 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         if database.hasPrefix("/") { database.removeFirst() }
         database = database.removingPercentEncoding ?? database
         if database.contains("/") {
-            throw ParseError(message: "the database URL's path must be a single database name, got '\(database)'")
+            // A path holding '@' is the rest of a password with an unescaped '@' and '/'
+            // (postgres://u:p@ss/word@host/db): not quoted.
+            throw ParseError(message: database.contains("@")
+                ? "the database URL's path is not a single database name (escape '@', ':' and '/' in the password as %40, %3A and %2F)"
+                : "the database URL's path must be a single database name, got '\(database)'")
         }
         if database.isEmpty { database = user }
 

@@ -32,6 +32,15 @@ import Testing
         }
     }
 
+    /// An unescaped '@' then '/' puts the password's tail in the path, which is not quoted.
+    @Test func aPasswordTailInThePathIsNotEchoed() {
+        let error = #expect(throws: DatabaseURL.ParseError.self) {
+            try DatabaseURL(parsing: "postgres://u:p@ss/secretword@host:5432/db")
+        }
+        #expect(error?.message.contains("secretword") == false, "\(error?.message ?? "")")
+        #expect(error?.message.contains("%40") == true)
+    }
+
     @Test func aPasswordWithAnUnquotedSpaceIsNotEchoed() {
         do {
             let url = try DatabaseURL(parsingConnectionString: "host=h user=u password=correct horse dbname=d")
