@@ -90,13 +90,24 @@ extension DatabaseURL {
 /// Runs blocking libpq (or file) work on its own thread; cancelling the task cancels the
 /// statements of `connections` on their servers and raises `stop`, which file loops check
 /// between blocks, so the work ends promptly.
+///
+/// A statement whose server went away (shut down, crashed, the network cut) fails with an
+/// error libpq makes itself ("server closed the connection unexpectedly"): no SQLSTATE, and
+/// `PQError.connectionLost` unset, since libpq reports it as the statement's result. Such an
+/// error on a connection that is no longer open (`PQbackendPID` is 0 then) is marked lost
+/// here, so the job fails UNAVAILABLE and retryable, not INTERNAL.
 func runBlocking<T: Sendable>(cancelling connections: [PQConnection], stop: ArchiveFile.StopFlag? = nil,
                               _ body: @escaping @Sendable () throws -> T) async throws -> T {
     try Task.checkCancellation()
-    return try await withTaskCancellationHandler {
-        try await PQThread.run(body)
-    } onCancel: {
-        stop?.stop()
-        for connection in connections { connection.cancel() }
+    do {
+        return try await withTaskCancellationHandler {
+            try await PQThread.run(body)
+        } onCancel: {
+            stop?.stop()
+            for connection in connections { connection.cancel() }
+        }
+    } catch var error as PQError where error.sqlState == nil && !error.connectionLost && connections.contains(where: { $0.backendPID == 0 }) {
+        error.connectionLost = true
+        throw error
     }
 }
