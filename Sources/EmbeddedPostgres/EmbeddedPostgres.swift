@@ -167,21 +167,46 @@ public final class EmbeddedPostgres: Sendable {
         try SystemProcess.handOver(path)
     }
 
-    /// Creates a database owned by the superuser.
-    /// Stops the server (fast: every client's session is terminated at once), waits
-    /// `downtime`, and starts it again with the same data on the same port: an outage, for
-    /// tests. Not an immediate stop: this cluster runs with `synchronous_commit = off`, so a
-    /// crash would lose commits already acknowledged, which a production server would not.
-    public func restart(downtime: Duration) async throws {
+    /// How ``stopServer(_:)`` shuts the server down (`pg_ctl stop -m`).
+    public enum ShutdownMode: String, Sendable {
+        /// Every client's session is terminated at once (SQLSTATE 57P01), then a checkpoint.
+        case fast
+        /// The postmaster and its backends quit without a checkpoint, as in a crash; the next
+        /// start recovers from the WAL. This cluster runs with `synchronous_commit = off`, so
+        /// commits acknowledged in the last moments before may be lost, which a production
+        /// server would not do.
+        case immediate
+    }
+
+    /// Stops the server and keeps its data directory, so ``startServer()`` can bring the same
+    /// data back on the same port: an instance going away, for tests. ``stop()`` still removes
+    /// everything afterwards, whether or not the server was started again.
+    public func stopServer(_ mode: ShutdownMode) async throws {
         try await SystemProcess.run(SystemProcess.unprivileged([
-            binaries.pgCtl, "stop", "-D", dataDirectory, "-m", "fast", "-w", "-t", "60", "-s",
+            binaries.pgCtl, "stop", "-D", dataDirectory, "-m", mode.rawValue, "-w", "-t", "60", "-s",
         ]), directory: baseDirectory, logFile: baseDirectory + "/setup.log")
-        try await Task.sleep(for: downtime)
+    }
+
+    /// Starts the server again after ``stopServer(_:)``, on the same port with the same data
+    /// (after an immediate stop, once crash recovery is done). Fails if another process took
+    /// the port meanwhile.
+    public func startServer() async throws {
         try await SystemProcess.run(SystemProcess.unprivileged([
             binaries.pgCtl, "start", "-D", dataDirectory, "-l", serverLog, "-w", "-t", "60", "-s",
         ]), directory: baseDirectory, logFile: baseDirectory + "/setup.log")
     }
 
+    /// Stops the server (fast: every client's session is terminated at once), waits
+    /// `downtime`, and starts it again with the same data on the same port: an outage, for
+    /// tests. Not an immediate stop: this cluster runs with `synchronous_commit = off`, so a
+    /// crash would lose commits already acknowledged, which a production server would not.
+    public func restart(downtime: Duration) async throws {
+        try await stopServer(.fast)
+        try await Task.sleep(for: downtime)
+        try await startServer()
+    }
+
+    /// Creates a database owned by the superuser.
     public func createDatabase(_ name: String) async throws {
         try await SystemProcess.run(SystemProcess.unprivileged([
             binaries.createdb, "-h", baseDirectory, "-p", String(port), "-U", user, name,

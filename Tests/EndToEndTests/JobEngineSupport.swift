@@ -62,11 +62,15 @@ final class Replicas: Sendable {
 
     /// Starts `count` replicas at once (they migrate together) and registers `instances`
     /// fresh databases as instances `i0`, `i1`, …. Callers stop them (see `with`).
+    ///
+    /// The control database is a fresh database of the shared test cluster, or `control` (a
+    /// cluster of the test's own, which it may restart without disturbing other suites).
     static func start(
-        count: Int = 3, throughPgBouncer: Bool = false, instances instanceCount: Int = 2,
+        count: Int = 3, throughPgBouncer: Bool = false, instances instanceCount: Int = 2, control given: DatabaseURL? = nil,
         jobMs: Int = 300, jobSteps: Int = 5, arguments: [String] = [], environments: [[String: String]] = []
     ) async throws -> Replicas {
-        let control = try await TestPostgres.shared.freshDatabase("engine")
+        let control: DatabaseURL
+        if let given { control = given } else { control = try await TestPostgres.shared.freshDatabase("engine") }
         var bouncer: PgBouncer?
         var serverURL = control
         var extra = arguments

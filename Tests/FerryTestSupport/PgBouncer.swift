@@ -8,16 +8,19 @@ import Synchronization
 public final class PgBouncer: Sendable {
     public let port: Int
     public let directory: String
-    private let process: ChildProcess
+    /// The running pgbouncer: another one after each ``restart(downtime:)``.
+    private let process: Mutex<ChildProcess>
     private let guardian: SystemProcess.Guardian
     private let upstream: EmbeddedPostgres
+    private let binary: String
 
-    private init(port: Int, directory: String, process: ChildProcess, guardian: SystemProcess.Guardian, upstream: EmbeddedPostgres) {
+    private init(port: Int, directory: String, process: ChildProcess, guardian: SystemProcess.Guardian, upstream: EmbeddedPostgres, binary: String) {
         self.port = port
         self.directory = directory
-        self.process = process
+        self.process = Mutex(process)
         self.guardian = guardian
         self.upstream = upstream
+        self.binary = binary
     }
 
     /// The URL of `database` through this pooler.
@@ -66,21 +69,57 @@ public final class PgBouncer: Sendable {
         try SystemProcess.handOver(directory + "/pgbouncer.ini")
         try SystemProcess.handOver(directory + "/userlist.txt")
 
+        // The guardian kills whichever pgbouncer the pid file names: a restart starts another.
+        let guardian = try SystemProcess.launchGuardian(
+            directory: directory, cleanup: #"[ -f "$dir/bouncer.pid" ] && kill -TERM "$(cat "$dir/bouncer.pid")" 2>/dev/null"#, arguments: [])
+        let process: ChildProcess
+        do {
+            process = try launch(binary, directory)
+        } catch {
+            await SystemProcess.dismiss(guardian)
+            throw error
+        }
+        let bouncer = PgBouncer(port: port, directory: directory, process: process, guardian: guardian, upstream: upstream, binary: binary)
+        do {
+            try await bouncer.waitUntilListening(process)
+        } catch {
+            await bouncer.stop()
+            throw error
+        }
+        return bouncer
+    }
+
+    private static func launch(_ binary: String, _ directory: String) throws -> ChildProcess {
         let process = try SystemProcess.launch(
             SystemProcess.unprivileged([binary, directory + "/pgbouncer.ini"]),
             directory: directory, logFile: directory + "/stdout.log")
-        let guardian = try SystemProcess.launchGuardian(
-            directory: directory, cleanup: #"kill -TERM "$1" 2>/dev/null"#, arguments: [String(process.pid)])
-        let bouncer = PgBouncer(port: port, directory: directory, process: process, guardian: guardian, upstream: upstream)
-        // Ready once it accepts TCP connections.
+        try String(process.pid).write(toFile: directory + "/bouncer.pid", atomically: true, encoding: .utf8)
+        return process
+    }
+
+    /// Returns once `process` accepts TCP connections on the port.
+    private func waitUntilListening(_ process: ChildProcess) async throws {
         for _ in 0..<100 {
             if !process.isRunning { break }
-            if SystemProcess.canConnect(port: port) { return bouncer }
+            if SystemProcess.canConnect(port: port) { return }
             try await Task.sleep(for: .milliseconds(50))
         }
         let log = (try? String(contentsOfFile: directory + "/pgbouncer.log", encoding: .utf8)) ?? ""
-        await bouncer.stop()
         throw SystemProcess.Failure(message: "pgbouncer did not start: \(log.suffix(500))")
+    }
+
+    /// Stops PgBouncer (SIGTERM: PgBouncer 1.18, which scripts/install-deps installs, shuts down
+    /// at once, closing every client and server connection), waits `downtime` with nothing
+    /// listening on the port, and starts it again on the same port with the same configuration:
+    /// a pooler restart, for tests. Clients must reconnect; their sessions' state is gone.
+    public func restart(downtime: Duration) async throws {
+        let old = process.withLock { $0 }
+        old.signal(SIGTERM)
+        _ = await old.wait()
+        try await Task.sleep(for: downtime)
+        let started = try Self.launch(binary, directory)
+        process.withLock { $0 = started }
+        try await waitUntilListening(started)
     }
 
     private let stopped = Mutex(false)
@@ -92,6 +131,7 @@ public final class PgBouncer: Sendable {
             defer { wasStopped = true }
             return !wasStopped
         }) else { return }
+        let process = process.withLock { $0 }
         process.signal(SIGTERM)
         _ = await process.wait()
         await SystemProcess.dismiss(guardian)
