@@ -329,13 +329,13 @@ public actor Coordinator {
                                  WHERE j.status = 'QUEUED') q
                     ) w WHERE w.place <= \(Int32(configuration.maxRunningPerInstance))
                 )
-                SELECT h.id, array_agg(DISTINCT ji.instance_id ORDER BY ji.instance_id)
-                  FROM heads h JOIN job_instances ji ON ji.job_id = h.id
-                 GROUP BY h.id, h.queued_at ORDER BY h.queued_at, h.id
-                """, logger: logger).map { try $0.decode((UUID, [String]).self) }
+                SELECT h.id, j.attempt, array_agg(DISTINCT ji.instance_id ORDER BY ji.instance_id)
+                  FROM heads h JOIN jobs j ON j.id = h.id JOIN job_instances ji ON ji.job_id = h.id
+                 GROUP BY h.id, h.queued_at, j.attempt ORDER BY h.queued_at, h.id
+                """, logger: logger).map { try $0.decode((UUID, Int32, [String]).self) }
             var blocked = Set<String>()
             var admitted = 0
-            for (id, instances) in queued {
+            for (id, attempt, instances) in queued {
                 if !blocked.isDisjoint(with: instances) {
                     blocked.formUnion(instances)
                     continue
@@ -348,13 +348,13 @@ public actor Coordinator {
                     }
                 } catch let timeout as LockTimeout {
                     logger.warning("queued job waits: its instance lock timed out", metadata: [
-                        "job_id": "\(id.uuidString.lowercased())", "instance": "\(timeout.instance)"])
+                        "job_id": "\(id.uuidString.lowercased())", "attempt": "\(attempt)", "instance": "\(timeout.instance)"])
                     outcome = .blocked
                 }
                 switch outcome {
                 case .admitted:
                     admitted += 1
-                    logger.info("queued job admitted", metadata: ["job_id": "\(id.uuidString.lowercased())"])
+                    logger.info("queued job admitted", metadata: ["job_id": "\(id.uuidString.lowercased())", "attempt": "\(attempt)"])
                 case .blocked:
                     blocked.formUnion(instances)
                 case .gone:

@@ -38,11 +38,18 @@ public final class ExecutorPool: Service, Sendable {
         /// anyway and its slot freed (a statement stuck on a dead connection must not hold
         /// an executor, the tenant and shutdown forever).
         public var stopGrace: Duration = .seconds(10)
+        /// How long a job has, once its replica begins to shut down, to stop at its last
+        /// checkpoint, end its sessions and be released for another replica to continue.
+        /// A job that cannot is recorded FAILED (UNAVAILABLE, retryable), as a job stopped
+        /// for any other reason. The job is heartbeated meanwhile, so this may exceed the
+        /// leader's heartbeat timeout.
+        public var handoverTimeout: Duration = .seconds(10)
         public init() {}
     }
 
     final class RunningJob: Sendable {
         let id: UUID
+        let attempt: Int32
         /// The kind's label in metrics (`clone`, `instance_replace`, …).
         let kind: String
         /// Rows and bytes already counted in the copy counters (progress only grows within an attempt).
@@ -63,8 +70,9 @@ public final class ExecutorPool: Service, Sendable {
         let counters: Mutex<ProgressCounters?> = Mutex(nil)
         let result = ResultBox()
 
-        init(id: UUID, kind: String, logger: Logger) {
+        init(id: UUID, attempt: Int32, kind: String, logger: Logger) {
             self.id = id
+            self.attempt = attempt
             self.kind = kind
             signal = StopSignal()
             signal.onStop { [weak self] why in
@@ -74,7 +82,7 @@ public final class ExecutorPool: Service, Sendable {
                 if let sessions = self.sessions.withLock({ $0 }) {
                     Task { await sessions.stop() }
                 }
-                logger.info("stopping the job", metadata: ["job_id": "\(id.uuidString.lowercased())", "reason": "\(why)"])
+                logger.info("stopping the job", metadata: ["job_id": "\(id.uuidString.lowercased())", "attempt": "\(attempt)", "reason": "\(why)"])
             }
         }
 
@@ -122,6 +130,13 @@ public final class ExecutorPool: Service, Sendable {
         wakeup.signal()
     }
 
+    /// Shutdown has begun: stops claiming, and stops every running job so that it is handed
+    /// over to another replica as soon as it has stopped, while the RPC layer still drains.
+    public func handOver() {
+        stopClaiming()
+        for job in running.withLock({ Array($0.values) }) { job.stop(.shuttingDown) }
+    }
+
     /// Stops a job this replica runs (CancelJob's notification); ignored for other jobs.
     public func cancel(_ id: UUID) {
         running.withLock { $0[id] }?.stop(.cancelled)
@@ -136,7 +151,7 @@ public final class ExecutorPool: Service, Sendable {
             group.addTask { await self.heartbeatLoop() }
             group.addTask { await self.fenceLoop() }
             // Claim while not shutting down; a graceful shutdown stops claiming and stops the
-            // running jobs, which end FAILED (retryable) and can be rerun to resume.
+            // running jobs, which are handed over (or, failing that, end FAILED, retryable).
             await withGracefulShutdownHandler {
                 // After stopClaiming() the loop idles until this service's own shutdown: a
                 // service that ends before its turn would end the whole group.
@@ -145,7 +160,7 @@ public final class ExecutorPool: Service, Sendable {
                        let record = await self.claim() {
                         // Registered before the task starts: it counts against the pool, gets
                         // heartbeats and hears cancel and shutdown from this moment on.
-                        let job = RunningJob(id: record.id, kind: record.kind.name.lowercased(), logger: self.logger)
+                        let job = RunningJob(id: record.id, attempt: record.attempt, kind: record.kind.name.lowercased(), logger: self.logger)
                         let busy = self.running.withLock { running in
                             running[record.id] = job
                             return running.count
@@ -158,8 +173,7 @@ public final class ExecutorPool: Service, Sendable {
                     await self.wakeup.wait(upTo: self.configuration.pollInterval)
                 }
             } onGracefulShutdown: {
-                self.stopClaiming()
-                for job in self.running.withLock({ Array($0.values) }) { job.stop(.shuttingDown) }
+                self.handOver()
             }
             // The jobs end on their own; the heartbeat loop ends when none is left.
             while !running.withLock({ $0.isEmpty }) {
@@ -231,14 +245,30 @@ public final class ExecutorPool: Service, Sendable {
                 Task { await sessions.stop() }
             }
             let flusher = Task { await self.flushProgress(job, logger: jobLogger) }
-            let result = await Self.result(of: task, stopped: job, grace: configuration.stopGrace, logger: jobLogger)
+            let ended = await Self.result(of: task, stopped: job, grace: { [configuration] reason in
+                reason == .shuttingDown ? configuration.handoverTimeout : configuration.stopGrace
+            }, logger: jobLogger)
             job.runnerDone.withLock { $0 = true }
             job.reported.signal()
             job.finished.signal()
             _ = await flusher.result
             await writeProgress(job, logger: jobLogger)
             await sessions.closeAll()
-            outcome = Self.outcome(result, reason: job.reason)
+            if ended.reason == .shuttingDown, case .failure = ended.result {
+                // A rolling restart: hand the job over rather than fail it, when it is safe.
+                switch await handOver(job, returned: ended.returned, sessions: sessions, logger: jobLogger) {
+                case .released:
+                    EngineMetrics.handedOver(kind: job.kind)
+                    await onFinished()
+                    return
+                case .cancelRequested:
+                    outcome = (.cancelled, nil)
+                case .notHandedOver(let why):
+                    outcome = (.failed, JobError(code: StatusCode.unavailable.rawValue, message: "the replica running the job shut down and \(why); rerun to resume", retryable: true))
+                }
+            } else {
+                outcome = Self.outcome(ended.result, reason: ended.reason)
+            }
         } else {
             // Not claimed by this replica (it claims only kinds it runs); kept for safety.
             outcome = (.failed, JobError(code: StatusCode.unimplemented.rawValue, message: "job kind \(record.kind.name) is not available on replica \(replica)", retryable: true))
@@ -259,50 +289,132 @@ public final class ExecutorPool: Service, Sendable {
         await onFinished()
     }
 
+    /// How a hand-over ended.
+    enum HandOver: Sendable {
+        case released
+        case cancelRequested
+        /// Not handed over, and why (completes "the replica running the job shut down and …").
+        case notHandedOver(String)
+    }
+
+    /// Releases a job stopped by shutdown for another replica to continue, once it is safe:
+    /// its code returned (so nothing of it runs on) and no session of its attempt is left on
+    /// the instances (the next owner runs the same attempt, whose sessions its fence would
+    /// not end). Retried while the control database is unreachable, within the hand-over
+    /// timeout; a job that cannot be released is recorded FAILED by the caller.
+    private func handOver(_ job: RunningJob, returned: Bool, sessions: InstanceSessions, logger: Logger) async -> HandOver {
+        guard returned else {
+            return .notHandedOver("the job did not stop within the hand-over timeout (\(configuration.handoverTimeout))")
+        }
+        // Bounded as a whole: an instance or a control database that stops answering must not
+        // keep the job (heartbeated meanwhile) and the shutdown waiting.
+        let limit = configuration.handoverTimeout
+        return await Self.firstOf({ await self.release(job, sessions: sessions, logger: logger) }, {
+            try? await Task.sleep(for: limit)
+            return Task.isCancelled ? nil : .notHandedOver("the job could not be released within the hand-over timeout (\(limit))")
+        })
+    }
+
+    private func release(_ job: RunningJob, sessions: InstanceSessions, logger: Logger) async -> HandOver {
+        guard await sessions.confirmEnded() else {
+            return .notHandedOver("the job's sessions on its instances could not be confirmed ended, so it was not handed over")
+        }
+        var attempt = 0
+        while !Task.isCancelled {
+            attempt += 1
+            do {
+                let outcome = try await client.withConnection { connection in
+                    try await JobLifecycle.release(job.id, owner: replica, on: connection, logger: logger)
+                }
+                switch outcome {
+                case .released:
+                    logger.notice("job handed over: released for another replica to continue from its checkpoints")
+                    return .released
+                case .cancelRequested:
+                    return .cancelRequested
+                case .notOwned:
+                    // Ended or taken elsewhere meanwhile; recording an end is guarded and does nothing.
+                    return .notHandedOver("the job was no longer this replica's")
+                }
+            } catch {
+                logger.warning("cannot release the job for hand-over; retrying", metadata: ["try": "\(attempt)", "error": "\(String(reflecting: error))"])
+                try? await Task.sleep(for: .milliseconds(250 * min(attempt, 8)))
+            }
+        }
+        return .notHandedOver("the control database could not be reached to hand the job over")
+    }
+
     /// The lineage's resume state, retried a few times; nil if it cannot be read.
     private func readResumeState(_ id: UUID, logger: Logger) async -> JSONValue? {
         for attempt in 1...5 {
             do {
                 return try await client.withConnection { try await JobStore.resumeState(id, on: $0, logger: logger) }
             } catch {
-                logger.warning("cannot read the resume state; retrying", metadata: ["attempt": "\(attempt)", "error": "\(String(reflecting: error))"])
+                logger.warning("cannot read the resume state; retrying", metadata: ["try": "\(attempt)", "error": "\(String(reflecting: error))"])
                 try? await Task.sleep(for: .milliseconds(200 * attempt))
             }
         }
         return nil
     }
 
-    /// The run's result; once the job is stopped, waits at most `grace` more for its code.
-    static func result(of task: Task<Void, any Error>, stopped job: RunningJob, grace: Duration, logger: Logger) async -> Result<Void, any Error> {
-        enum Ending: Sendable {
-            case ran(Result<Void, any Error>)
-            case graceOver
-            case unneeded
-        }
-        return await withTaskGroup(of: Ending.self) { group in
-            group.addTask { .ran(await task.result) }
-            group.addTask {
-                while job.reason == nil {
-                    try? await Task.sleep(for: .milliseconds(100))
-                    if Task.isCancelled { return .unneeded }
-                }
-                try? await Task.sleep(for: grace)
-                return Task.isCancelled ? .unneeded : .graceOver
+    /// How a job's code ended, as the executor saw it.
+    struct Ending: Sendable {
+        var result: Result<Void, any Error>
+        /// False when the grace ran out first (the code may still be running).
+        var returned: Bool
+        /// Why the job had been stopped when its code ended (nil: it ended on its own).
+        var reason: StopReason?
+    }
+
+    /// The run's result; once the job is stopped, waits at most `grace(reason)` more for its
+    /// code. The reason is read as the code ends, so a job that failed on its own an instant
+    /// before a shutdown is recorded as it failed, not handed over.
+    static func result(
+        of task: Task<Void, any Error>, stopped job: RunningJob, grace: @escaping @Sendable (StopReason) -> Duration, logger: Logger
+    ) async -> Ending {
+        let ending = await firstOf({
+            let result = await task.result
+            return Ending(result: result, returned: true, reason: job.reason)
+        }, {
+            var reason = job.reason
+            while reason == nil {
+                try? await Task.sleep(for: .milliseconds(100))
+                if Task.isCancelled { return nil }
+                reason = job.reason
             }
-            defer { group.cancelAll() }
-            while let ending = await group.next() {
-                switch ending {
-                case .ran(let result):
-                    return result
-                case .graceOver:
-                    logger.error("the job's code did not return within \(grace) of being stopped; recording its end and freeing its executor")
-                    return .failure(CancellationError())
-                case .unneeded:
-                    continue
-                }
-            }
-            return .failure(CancellationError())
+            try? await Task.sleep(for: reason.map(grace) ?? .zero)
+            return Task.isCancelled ? nil : Ending(result: .failure(CancellationError()), returned: false, reason: reason)
+        })
+        if !ending.returned {
+            logger.error("the job's code did not return within \(ending.reason.map(grace) ?? .zero) of being stopped; recording its end and freeing its executor")
         }
+        return ending
+    }
+
+    /// The first of two concurrent works to give a value (a nil from `second` gives way to
+    /// `first`); the other is cancelled and not waited for. Unstructured tasks raced through
+    /// one continuation, since a task group would wait for both: code that never returns
+    /// would hold the executor, and shutdown, for as long as it runs.
+    static func firstOf<T: Sendable>(_ first: @escaping @Sendable () async -> T, _ second: @escaping @Sendable () async -> T?) async -> T {
+        let race = Mutex(FirstOfRace<T>())
+        let finish: @Sendable (T) -> Void = { value in
+            race.withLock { race in
+                guard !race.decided else { return }
+                race.decided = true
+                if let continuation = race.continuation { continuation.resume(returning: value) } else { race.early = value }
+            }
+        }
+        let tasks = [
+            Task { finish(await first()) },
+            Task { if let value = await second() { finish(value) } },
+        ]
+        let value = await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
+            race.withLock { race in
+                if let early = race.early { continuation.resume(returning: early) } else { race.continuation = continuation }
+            }
+        }
+        for task in tasks { task.cancel() }
+        return value
     }
 
     static func outcome(_ result: Result<Void, any Error>, reason: StopReason?) -> (status: JobStatus, error: JobError?) {
@@ -337,7 +449,7 @@ public final class ExecutorPool: Service, Sendable {
                 }
                 return
             } catch {
-                logger.warning("cannot record the job's end; retrying", metadata: ["attempt": "\(attempt)", "error": "\(String(reflecting: error))"])
+                logger.warning("cannot record the job's end; retrying", metadata: ["try": "\(attempt)", "error": "\(String(reflecting: error))"])
                 try? await Task.sleep(for: .milliseconds(250 * attempt))
             }
         }
@@ -387,7 +499,9 @@ public final class ExecutorPool: Service, Sendable {
             try? await Task.sleep(for: configuration.heartbeatInterval)
             // A stopped job is not renewed: if its code does not return, the leader ends it
             // (CANCELLED when a cancel was asked) instead of a heartbeat keeping it alive.
-            let jobs = running.withLock { $0.filter { $0.value.reason == nil } }
+            // A job handing over is renewed until it is released: shutting down is no reason
+            // for the leader to fail it meanwhile.
+            let jobs = running.withLock { $0.filter { $0.value.reason == nil || $0.value.reason == .shuttingDown } }
             guard !jobs.isEmpty else { continue }
             // Ownership is confirmed as of when the statement was sent: the leader compares
             // the time the database stamps, which is no earlier than this.
@@ -430,12 +544,20 @@ public final class ExecutorPool: Service, Sendable {
             let now = ContinuousClock.now
             for job in running.withLock({ Array($0.values) }) where now - job.confirmed.withLock({ $0 }) > configuration.fenceAfter {
                 if job.reason == nil {
-                    logger.error("stopping a job whose ownership could not be confirmed in time", metadata: ["job_id": "\(job.id.uuidString.lowercased())"])
+                    logger.error("stopping a job whose ownership could not be confirmed in time", metadata: ["job_id": "\(job.id.uuidString.lowercased())", "attempt": "\(job.attempt)"])
                 }
                 job.stop(.lostOwnership)
             }
         }
     }
+}
+
+/// ``ExecutorPool/firstOf(_:_:)``'s state: the first value wins; it may come before the
+/// continuation exists.
+struct FirstOfRace<T: Sendable>: Sendable {
+    var continuation: CheckedContinuation<T, Never>?
+    var early: T?
+    var decided = false
 }
 
 /// The executor pool's series on the ops endpoint (docs/operations.md lists them).
@@ -449,6 +571,11 @@ enum EngineMetrics {
         Counter(label: "ferry_jobs_finished_total", dimensions: dimensions).increment()
         Metrics.Timer(label: "ferry_job_duration_seconds", dimensions: dimensions, preferredDisplayUnit: .seconds)
             .recordNanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+    }
+
+    /// A job of this replica was handed over at shutdown (released, not ended).
+    static func handedOver(kind: String) {
+        Counter(label: "ferry_jobs_handed_over_total", dimensions: [("kind", kind)]).increment()
     }
 
     /// Adds what a job copied since its last progress write to the copy counters.

@@ -86,10 +86,10 @@ public final class InstanceDirectory: Sendable {
                         SELECT count(pg_terminate_backend(pid))::int FROM pg_stat_activity WHERE application_name = \(tag.applicationName)
                         """, logger: logger).first?.decode(Int.self) ?? 0
                 }
-                if ended > 0 { logger.warning("ended sessions of a job its owner could not end", metadata: ["job_id": "\(job.uuidString.lowercased())", "instance": "\(instance)", "sessions": "\(ended)"]) }
+                if ended > 0 { logger.warning("ended sessions of a job its owner could not end", metadata: ["job_id": "\(job.uuidString.lowercased())", "attempt": "\(tag.attempt)", "instance": "\(instance)", "sessions": "\(ended)"]) }
             }
         } catch {
-            logger.warning("could not end a rescued job's sessions", metadata: ["job_id": "\(job.uuidString.lowercased())", "error": "\(error)"])
+            logger.warning("could not end a rescued job's sessions", metadata: ["job_id": "\(job.uuidString.lowercased())", "attempt": "\(tag.attempt)", "error": "\(error)"])
         }
     }
 
@@ -132,7 +132,9 @@ public enum StopReason: Sendable, Equatable {
     /// The job is no longer this replica's (the leader failed it, or a later attempt took its
     /// target): nothing more may be written or recorded.
     case lostOwnership
-    /// The replica is shutting down: the job ends FAILED, retryable, and a rerun resumes it.
+    /// The replica is shutting down: the job is handed over (released for another replica
+    /// to continue from its checkpoints) or, when that cannot be done within the hand-over
+    /// timeout, ends FAILED, retryable, and a rerun resumes it.
     case shuttingDown
 }
 
@@ -175,6 +177,8 @@ public actor InstanceSessions {
     /// even when the control database is what the replica lost.
     private var touched: [String: DatabaseURL] = [:]
     private var stopped = false
+    /// The terminations of ``stop()``, while they run.
+    private var stopping: Task<Void, Never>?
     /// The gate sessions among `sessions`, closed last.
     private var gateHolders: Set<ObjectIdentifier> = []
 
@@ -484,8 +488,19 @@ public actor InstanceSessions {
     /// there, not only in this process). Best effort per instance, bounded by the connect
     /// timeout.
     public func stop() async {
+        // A second caller waits for the first: the hand-over must not release the job while
+        // this attempt's terminations are still on their way (they would end the next
+        // owner's sessions, which bear the same name).
+        if let stopping { return await stopping.value }
         guard !stopped else { return }
         stopped = true
+        let task = Task { await self.terminateEverywhere() }
+        stopping = task
+        await task.value
+        await closeAll()
+    }
+
+    private func terminateEverywhere() async {
         await withTaskGroup(of: Void.self) { group in
             for (instance, url) in touched {
                 group.addTask { [directory, applicationName, logger] in
@@ -503,7 +518,40 @@ public actor InstanceSessions {
                 }
             }
         }
-        await closeAll()
+    }
+
+    /// Makes sure no session of this attempt is left on any instance it touched: terminates
+    /// any that remain and looks again, for up to `within`. True only when every instance
+    /// answered that none is left. A job is handed over only then: the next owner runs the
+    /// same attempt, and its fence never terminates sessions of its own attempt.
+    public func confirmEnded(within: Duration = .seconds(5)) async -> Bool {
+        if let stopping { await stopping.value }
+        stopped = true
+        let deadline = ContinuousClock.now + within
+        for (instance, url) in touched {
+            do {
+                let connection = try await directory.connect(url, instance: instance, applicationName: "ferry stop", logger: logger)
+                defer { Task { try? await connection.close() } }
+                while true {
+                    // Looked for again until none is left (the one-argument form: PostgreSQL 13
+                    // and older have no timeout argument).
+                    let left = try await connection.execute("""
+                        SELECT count(pg_terminate_backend(pid))::int FROM pg_stat_activity
+                         WHERE application_name = \(applicationName) AND pid <> pg_backend_pid()
+                        """, logger: logger).first?.decode(Int.self) ?? 0
+                    if left == 0 { break }
+                    guard ContinuousClock.now < deadline else {
+                        logger.warning("sessions of the job are still open on an instance", metadata: ["instance": "\(instance)", "sessions": "\(left)"])
+                        return false
+                    }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+            } catch {
+                logger.warning("cannot confirm that the job's sessions ended on an instance", metadata: ["instance": "\(instance)", "error": "\(error)"])
+                return false
+            }
+        }
+        return true
     }
 
     /// Closes every session (writers first, the gates last) when the attempt ends.

@@ -99,7 +99,15 @@ public enum FerryServer {
         rpcConfiguration.idleTimeout = configuration.idleTimeout
         rpcConfiguration.drainTimeout = configuration.drainTimeout
         let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        var factory = PrometheusMetricsFactory(registry: registry)
+        // Jobs run for seconds to hours and a pool lease takes micro- to milliseconds: the
+        // default buckets (5 ms to 10 s) would put every job in +Inf and every lease in the first.
+        factory.durationHistogramBuckets["ferry_job_duration_seconds"] = [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600].map { .seconds($0) }
+        factory.durationHistogramBuckets["ferry_control_pool_wait_seconds"] = [
+            .microseconds(100), .microseconds(500), .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(50),
+            .milliseconds(100), .milliseconds(500), .seconds(1), .seconds(5), .seconds(10),
+        ]
+        MetricsSystem.bootstrap(factory)
         Gauge(label: "ferry_build_info", dimensions: [("version", FerryVersion.current)]).record(1)
 
         let client = PostgresClient(configuration: url.clientConfiguration(), backgroundLogger: logger)
@@ -161,7 +169,7 @@ public enum FerryServer {
 
         let group = ServiceGroup(configuration: .init(
             // Shut down in reverse order: the RPC server first (goaway, drain), then the ops
-            // endpoint, the executors (running jobs stop and become resumable), the queue,
+            // endpoint, the executors (their jobs, handed over already, have ended), the queue,
             // the leader (which hands its lease back), the notifier, and the pool last.
             services: [
                 .init(service: client),
@@ -178,8 +186,10 @@ public enum FerryServer {
                 // still there for the streams in flight.
                 .init(service: rpc, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
                 // Last, so it hears the signal first: the executors stop claiming at once,
-                // rather than claim jobs during the drain only to stop them moments later.
-                .init(service: ShutdownAnnouncer { [executors = engine.executors] in executors.stopClaiming() }),
+                // rather than claim jobs during the drain only to stop them moments later,
+                // and hand their running jobs over while the RPC layer drains, so another
+                // replica continues them as soon as possible.
+                .init(service: ShutdownAnnouncer { [executors = engine.executors] in executors.handOver() }),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))

@@ -213,6 +213,11 @@ struct Serve: AsyncParsableCommand {
         valueName: "seconds"))
     var heartbeatTimeout: Double?
 
+    @Option(name: .customLong("handover-timeout"), help: ArgumentHelp(
+        "Seconds a running job has, on SIGTERM, to stop at its last checkpoint and be handed over to another replica; past it, it ends FAILED (UNAVAILABLE, retryable). Env: FERRY_HANDOVER_TIMEOUT. Default 10.",
+        valueName: "seconds"))
+    var handoverTimeout: Double?
+
     @Option(name: .customLong("leader-lease"), help: ArgumentHelp(
         "Lifetime of the leader lease; a dead leader is replaced within it. Env: FERRY_LEADER_LEASE. Default 10.", valueName: "seconds"))
     var leaderLease: Double?
@@ -300,6 +305,9 @@ struct Serve: AsyncParsableCommand {
             configuration.leader.heartbeatTimeout = d
         }
         if let d = try settings.seconds(leaderLease, flag: "--leader-lease", variable: "FERRY_LEADER_LEASE") { configuration.leader.leaseDuration = d }
+        if let d = try settings.seconds(handoverTimeout, flag: "--handover-timeout", variable: "FERRY_HANDOVER_TIMEOUT") {
+            configuration.executors.handoverTimeout = d
+        }
         guard configuration.leader.heartbeatTimeout > configuration.executors.heartbeatInterval * 2 else {
             throw StartupError("the heartbeat timeout must be more than twice the heartbeat interval, or live jobs would be failed")
         }

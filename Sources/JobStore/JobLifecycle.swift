@@ -52,6 +52,40 @@ public enum JobLifecycle {
         }
     }
 
+    // MARK: Hand-over
+
+    /// What ``release(_:owner:on:logger:)`` did.
+    public enum ReleaseOutcome: Sendable, Equatable {
+        /// The job is RUNNING with no owner again: any replica may claim it.
+        case released
+        /// A cancel was requested meanwhile: the caller ends the job CANCELLED instead.
+        case cancelRequested
+        /// The job is no longer RUNNING and `owner`'s: nothing changed.
+        case notOwned
+    }
+
+    /// Gives a running job back for another replica to claim (a rolling restart): it stays
+    /// RUNNING — so it keeps its place under the per-instance cap and its watchers see no
+    /// status change — with no owner, and an `admitted` notification wakes the executors
+    /// everywhere. The next claim runs the same job, same attempt, from its checkpoints.
+    /// The caller must have ended every session of the attempt first: the next owner's fence
+    /// does not terminate sessions of its own attempt.
+    public static func release(_ id: UUID, owner: String, on connection: PostgresConnection, logger: Logger) async throws -> ReleaseOutcome {
+        try await connection.transaction(logger: logger) { connection -> ReleaseOutcome in
+            let rows = try await connection.execute("""
+                SELECT cancel_requested_at IS NOT NULL FROM jobs
+                 WHERE id = \(id) AND status = 'RUNNING' AND owner = \(owner) FOR UPDATE
+                """, logger: logger)
+            guard let cancelRequested = try rows.first?.decode(Bool.self) else { return .notOwned }
+            if cancelRequested { return .cancelRequested }
+            try await connection.execute("""
+                UPDATE jobs SET owner = NULL, updated_at = clock_timestamp() WHERE id = \(id)
+                """, logger: logger)
+            try await EngineNotification.admitted.send(on: connection, logger: logger)
+            return .released
+        }
+    }
+
     // MARK: Rescue
 
     /// A RUNNING job whose owner stopped heartbeating.

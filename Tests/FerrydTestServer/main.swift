@@ -25,7 +25,9 @@ import PostgresNIO
 ///   `clock_timestamp()`);
 /// - a source or target tenant starting with `fail_` fails after the first step
 ///   (FAILED_PRECONDITION, not retryable);
-/// - a target tenant named `<word>_<ms>_<steps>` sets this job's length.
+/// - a target tenant named `<word>_<ms>_<steps>` sets this job's length;
+/// - a target tenant starting with `stuck_` stands for code that cannot stop in time: once
+///   stopped, it ignores the stop for a minute before it returns.
 ///
 /// With `FERRY_TEST_RECORD_RUNS=1` each run also records when it really ran, by the target
 /// instance's clock, in the instance's `public.ferry_test_runs` (which the test creates):
@@ -38,6 +40,7 @@ struct SteppingJob: JobRunner {
         var stepDuration: Duration
         var failing: Bool
         var writes: Bool
+        var stuck = false
     }
 
     let steps: Int
@@ -63,6 +66,7 @@ struct SteppingJob: JobRunner {
         let targetTenant = params.target?.tenant ?? ""
         params.failing = targetTenant.hasPrefix("fail_") || params.source.tenant.hasPrefix("fail_")
         params.writes = targetTenant.hasPrefix("write_")
+        params.stuck = targetTenant.hasPrefix("stuck_")
         let parts = targetTenant.split(separator: "_")
         if parts.count == 3, let ms = Int(parts[1]), let count = Int(parts[2]), count > 0 {
             params.steps = count
@@ -97,6 +101,16 @@ struct SteppingJob: JobRunner {
     }
 
     func steps(_ params: Params, _ context: JobContext) async throws {
+        do {
+            try await stepsOnce(params, context)
+        } catch is CancellationError where params.stuck {
+            // Not cancellable: the executor's grace runs out while this still waits.
+            await Task.detached { try? await Task.sleep(for: .seconds(60)) }.value
+            throw CancellationError()
+        }
+    }
+
+    func stepsOnce(_ params: Params, _ context: JobContext) async throws {
         let item = { (step: Int) in String(format: "step-%04d", step) }
         let tenant = params.target?.tenant ?? params.source.tenant
         let finished = Set(try await context.checkpoints.tables().filter { $0.tenant == tenant && $0.status == .verified }.map(\.table))
