@@ -206,7 +206,7 @@ extension PostgresClient {
     /// UNAVAILABLE, so a client retries instead of seeing internals.
     func controlDatabaseCall<T: Sendable>(logger: Logger, _ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {
-            return try await withConnection(body)
+            return try await withMeasuredConnection(body)
         } catch let error as RPCError {
             throw error
         } catch {

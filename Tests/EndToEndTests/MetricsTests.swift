@@ -91,6 +91,12 @@ import Testing
             #expect(Self.value(after, "ferry_admission_decisions_total", ["outcome": "refused", "code": "NOT_FOUND"]) == 1)
             #expect(Self.value(after, "ferry_job_duration_seconds_count", ["kind": "clone", "status": "succeeded"]) == 1)
             #expect((Self.value(after, "ferry_rpc_calls_total", ["method": "ferry.v1.Jobs/StartJob", "code": "OK"]) ?? 0) >= 1)
+            // Each GetJob reads the job on a connection of the shared pool: every lease's wait is recorded.
+            let getJobs = try #require(Self.value(after, "ferry_rpc_calls_total", ["method": "ferry.v1.Jobs/GetJob", "code": "OK"]))
+            let leases = try #require(Self.value(after, "ferry_control_pool_wait_seconds_count"), "the pool waits are recorded")
+            #expect(leases >= getJobs)
+            #expect(leases > Self.value(first, "ferry_control_pool_wait_seconds_count") ?? 0)
+            #expect(Self.value(after, "ferry_control_pool_wait_seconds_bucket", ["le": "+Inf"]) == leases)
             // One replica, so it leads (within a lease period).
             try await waitUntil("the only replica becomes the leader") { Self.value(try Self.scrape(server), "ferry_leader") == 1 }
         }
