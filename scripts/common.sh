@@ -16,7 +16,7 @@ use_private_tmpdir() {
 cleanup_private_tmpdir() {
   [ -n "${FERRY_RUN_TMP:-}" ] && [ -d "$FERRY_RUN_TMP" ] || return 0
   for proc in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$proc/cmdline" 2>/dev/null | grep -q -- "$FERRY_RUN_TMP"; then
+    if tr '\0' ' ' 2>/dev/null <"$proc/cmdline" | grep -q -- "$FERRY_RUN_TMP"; then
       kill -KILL "${proc#/proc/}" 2>/dev/null || true
     fi
   done
