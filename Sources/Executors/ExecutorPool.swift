@@ -230,6 +230,11 @@ public final class ExecutorPool: Service, Sendable {
             job.sessions.withLock { $0 = sessions }
             let counters = ProgressCounters { job.reported.signal() }
             counters.setCurrent(record.progress.current)
+            // A job handed over keeps counting rows and bytes where its last owner stopped
+            // (a new job, rerun included, starts at zero): its watchers never see them go
+            // back. Table and tenant counts are the kind's, from the checkpoints.
+            counters.add(rows: record.progress.rowsCopied, bytes: record.progress.bytesCopied)
+            job.counted.withLock { $0 = (record.progress.rowsCopied, record.progress.bytesCopied) }
             job.counters.withLock { $0 = counters }
             let context = JobContext(
                 job: record.job, jobID: id, rootJobID: record.rootJobID, attempt: record.attempt,

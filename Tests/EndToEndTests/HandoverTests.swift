@@ -114,6 +114,9 @@ import Testing
                 #expect(statuses == ["RUNNING", "SUCCEEDED"], "\(statuses)")
                 let seen = events.withLock { $0 }.filter { $0.type == .status }.map(\.status)
                 #expect(!seen.contains(.failed) && seen.last == .succeeded, "\(seen)")
+                // Rows copied go on from where A stopped: never back, across the hand-over.
+                let rows = events.withLock { $0 }.filter { $0.type == .progress }.map(\.progress.rowsCopied)
+                #expect(!rows.isEmpty && rows == rows.sorted(), "\(rows)")
                 for table in verified {
                     #expect(try await scalar(target, xmins + table) as String == firstLoad[table], "table \(table) was copied again after the hand-over")
                 }

@@ -306,7 +306,19 @@ final class ReplaceRun: Sendable {
     /// this too, but only after claiming the name for the lineage; a later attempt would then
     /// take the foreign schema for its own partial target and resume into it. Checked here
     /// first, nothing is claimed for a foreign schema.
+    ///
+    /// A tenant this lineage claimed (it created the schema, then stopped before any table
+    /// checkpoint: a hand-over or a stop between the two) is its own, and resumed into.
     private func refuseForeignTarget(_ tenant: String) async throws {
+        let claim: JobLifecycle.Claim
+        do {
+            claim = try await controlDatabase.withConnection { [params, logger] in
+                try await JobLifecycle.claim(instance: params.targetInstance, tenant: tenant, on: $0, logger: logger)
+            }
+        } catch {
+            throw JobFailure(.unavailable, "cannot read the control database to check tenant \(tenant): \(DatabaseError(running: "reading the tenant's claim", error: error).message)", retryable: true)
+        }
+        if claim == .lineage(context.rootJobID) { return }
         let session = try await context.instances.open(params.targetInstance)
         let exists: Bool
         do {
