@@ -246,32 +246,15 @@ import Testing
     /// the verified tables alone — their rows keep the transaction ids of the first attempt's
     /// load — redoes the other from zero, and ends with the source's data.
     @Test func aRerunAfterAKillSkipsVerifiedTablesAndRedoesTheRest() async throws {
-        let hold = Self.kinds.merging(["FERRY_TEST_CLONE_BEFORE_VERIFY": "slow@1:SELECT pg_sleep(60)"]) { $1 }
-        try await Replicas.with(count: 2, instances: 2, environments: [hold, hold]) { replicas in
+        try await Replicas.with(count: 2, instances: 2, environments: [HeldTenant.hold, HeldTenant.hold]) { replicas in
             let source = replicas.instances["i0"]!
             let target = replicas.instances["i1"]!
-            try await run(source, """
-                CREATE SCHEMA app;
-                CREATE TABLE app.slow (id int PRIMARY KEY, v text);
-                CREATE TABLE app.a (id int PRIMARY KEY, v text);
-                CREATE TABLE app.b (id int PRIMARY KEY, a int REFERENCES app.a);
-                CREATE TABLE app.c (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v numeric);
-                INSERT INTO app.slow SELECT g, md5(g::text) FROM generate_series(1, 5000) g;
-                INSERT INTO app.a SELECT g, md5(g::text) FROM generate_series(1, 3000) g;
-                INSERT INTO app.b SELECT g, g FROM generate_series(1, 3000) g;
-                INSERT INTO app.c (v) SELECT g / 7.0 FROM generate_series(1, 3000) g;
-                """)
+            try await run(source, HeldTenant.script)
             let starter = try await replicas.client(0)
             let job = try await starter.startJob(request(("i0", "app"), ("i1", "app"), copyWidth: 2, indexWidth: 2))
             starter.close()
-            let verifiedQuery = "SELECT table_name FROM job_tables WHERE status = 'VERIFIED' ORDER BY 1"
-            let deadline = ContinuousClock.now + .seconds(60)
-            var verified: [String] = []
-            while verified != ["a", "b", "c"] && ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(100))
-                verified = try await replicas.query { try await $0.execute(PostgresQuery(unsafeSQL: verifiedQuery), logger: logger).map { try $0.decode(String.self) } }
-            }
-            #expect(verified == ["a", "b", "c"], "the tables were not verified while slow was held: \(verified)")
+            try await HeldTenant.waitForVerifiedFirst(replicas)
+            let verified = HeldTenant.verifiedFirst
             let xmins = "SELECT string_agg(DISTINCT xmin::text, ',') FROM app."
             var firstLoad: [String: String] = [:]
             for table in verified { firstLoad[table] = try await scalar(target, xmins + table) }

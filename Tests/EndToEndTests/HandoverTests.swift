@@ -24,21 +24,10 @@ import Testing
     /// data; the job's STATUS events are RUNNING then SUCCEEDED only, and the watcher, moved
     /// to B, saw no FAILED status.
     @Test func sigtermOfTheReplicaRunningACloneHandsTheSameJobToAnotherReplica() async throws {
-        let hold = CloneTests.kinds.merging(["FERRY_TEST_CLONE_BEFORE_VERIFY": "slow@1:SELECT pg_sleep(60)"]) { $1 }
-        try await Replicas.with(count: 1, instances: 2, environments: [hold]) { replicas in
+        try await Replicas.with(count: 1, instances: 2, environments: [HeldTenant.hold]) { replicas in
             let source = replicas.instances["i0"]!
             let target = replicas.instances["i1"]!
-            try await run(source, """
-                CREATE SCHEMA app;
-                CREATE TABLE app.slow (id int PRIMARY KEY, v text);
-                CREATE TABLE app.a (id int PRIMARY KEY, v text);
-                CREATE TABLE app.b (id int PRIMARY KEY, a int REFERENCES app.a);
-                CREATE TABLE app.c (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v numeric);
-                INSERT INTO app.slow SELECT g, md5(g::text) FROM generate_series(1, 5000) g;
-                INSERT INTO app.a SELECT g, md5(g::text) FROM generate_series(1, 3000) g;
-                INSERT INTO app.b SELECT g, g FROM generate_series(1, 3000) g;
-                INSERT INTO app.c (v) SELECT g / 7.0 FROM generate_series(1, 3000) g;
-                """)
+            try await run(source, HeldTenant.script)
             // Replica B runs the same clone without the hold; it starts only once A owns the job.
             let a = replicas.servers[0]
             let starter = try await replicas.client(0)
@@ -47,12 +36,8 @@ import Testing
             request.clone.copyWidth = 2
             let job = try await starter.startJob(request)
             starter.close()
-            let verifiedQuery = "SELECT table_name FROM job_tables WHERE status = 'VERIFIED' ORDER BY 1"
-            var verified: [String] = []
-            try await waitUntil("a, b and c verified while slow is held") {
-                verified = try await replicas.query { try await $0.execute(PostgresQuery(unsafeSQL: verifiedQuery), logger: logger).map { try $0.decode(String.self) } }
-                return verified == ["a", "b", "c"]
-            }
+            try await HeldTenant.waitForVerifiedFirst(replicas)
+            let verified = HeldTenant.verifiedFirst
             let xmins = "SELECT string_agg(DISTINCT xmin::text, ',') FROM app."
             var firstLoad: [String: String] = [:]
             for table in verified { firstLoad[table] = try await scalar(target, xmins + table) as String }

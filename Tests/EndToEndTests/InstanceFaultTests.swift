@@ -48,7 +48,7 @@ import Testing
             let client = try await replicas.client(0)
             defer { client.close() }
             _ = try await client.putInstance(id: "far", dsn: target.secretURLString)
-            try await run(source, Self.tenant)
+            try await run(source, HeldTenant.script)
 
             let job = try await client.startJob(Self.clone(("i0", "app"), ("far", "app")))
             try await waitUntilHeld(job, replicas, target: target)
@@ -122,7 +122,7 @@ import Testing
                                     secrets: [cluster.password]) { replicas in
             let source = replicas.instances["i0"]!
             let target = replicas.instances["i1"]!
-            try await run(source, Self.tenant)
+            try await run(source, HeldTenant.script)
             let client = try await replicas.client(0)
             defer { client.close() }
             let job = try await client.startJob(Self.clone(("i0", "app"), ("i1", "app")))
@@ -330,22 +330,6 @@ import Testing
 
     static let kinds = CloneTests.kinds
 
-    /// The tenant the clone tests copy: four tables, `slow` the one they hold before its
-    /// checksum; a foreign key and an identity column, so the constraints step has work.
-    static let tenant = """
-        CREATE SCHEMA app;
-        CREATE TABLE app.slow (id int PRIMARY KEY, v text);
-        CREATE TABLE app.a (id int PRIMARY KEY, v text);
-        CREATE TABLE app.b (id int PRIMARY KEY, a int REFERENCES app.a);
-        CREATE TABLE app.c (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v numeric);
-        INSERT INTO app.slow SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
-        INSERT INTO app.a SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 40000) g;
-        INSERT INTO app.b SELECT g, g FROM generate_series(1, 40000) g;
-        INSERT INTO app.c (v) SELECT g / 7.0 FROM generate_series(1, 40000) g;
-        """
-
-    /// The tables the tests see verified before they strike.
-    static let verifiedFirst = ["a", "b", "c"]
 
     static func clone(_ source: (String, String), _ target: (String, String)) -> StartJobRequest {
         var request = StartJobRequest()
@@ -416,7 +400,7 @@ import Testing
     /// truncate or re-create changes one of them).
     func fingerprints(_ target: DatabaseURL) async throws -> [String: String] {
         var result: [String: String] = [:]
-        for table in Self.verifiedFirst {
+        for table in HeldTenant.verifiedFirst {
             result[table] = try await scalar(target, """
                 SELECT 'app.\(table)'::regclass::oid::text || ' ' || pg_relation_filenode('app.\(table)')::text || ' '
                        || (SELECT string_agg(DISTINCT xmin::text, ',') FROM app.\(table))
@@ -430,7 +414,7 @@ import Testing
     /// would count them twice.
     func expectUntouched(_ before: [String: String], _ target: DatabaseURL) async throws {
         #expect(try await fingerprints(target) == before, "a table verified before the fault was written again")
-        for table in Self.verifiedFirst {
+        for table in HeldTenant.verifiedFirst {
             let (inserted, rows) = try await target.withConnection(logger: logger) { connection in
                 try await connection.execute("""
                     SELECT s.n_tup_ins, (SELECT count(*) FROM app.\(unescaped: table)) FROM pg_stat_user_tables s WHERE s.relid = \("app.\(table)")::regclass
