@@ -71,8 +71,13 @@ public struct RPCServer: Service {
                     try handlers.addHandler(ByteToMessageHandler(decoder))
                     try handlers.addHandler(IdleEventForwarder(decoder: decoder))
                     try handlers.addHandler(MessageToByteHandler(FrameEncoder<ServerFrame>()))
+                    // The deinit-based teardown (deprecated in NIO, but the only safe one here): a
+                    // connection accepted as the listener closes on shutdown is dropped before the
+                    // serving loop sees it; with `wrappingChannelSynchronously` its writer then
+                    // traps ("Deinited NIOAsyncWriter without calling finish()", swift-nio#2813,
+                    // seen in the soak at a SIGTERM); this way it is closed.
                     return try NIOAsyncChannel<FrameEvent<ClientFrame>, [ServerFrame]>(
-                        wrappingChannelSynchronously: channel,
+                        synchronouslyWrapping: channel,
                         configuration: .init(backPressureStrategy: .init(
                             lowWatermark: 1, highWatermark: max(2, configuration.inboundFramesBuffered))))
                 }

@@ -83,7 +83,9 @@ public struct OpsServer: Service {
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    return try Connection(wrappingChannelSynchronously: channel)
+                    // Deinit-based teardown, as in the RPC server: a connection accepted as the
+                    // listener closes is closed when dropped instead of trapping (swift-nio#2813).
+                    return try Connection(synchronouslyWrapping: channel)
                 }
             }
         guard let address = server.channel.localAddress else {

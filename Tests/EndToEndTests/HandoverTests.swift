@@ -72,6 +72,7 @@ import Testing
                 let stopped = await a.stop()
                 #expect(stopped.output.contains("job handed over"), "\(stopped.output.suffix(3000))")
                 #expect(!stopped.output.contains("the replica running the job shut down"))
+                #expect(leakedSecrets(in: stopped.output, secrets: [replicas.token, replicas.control.password ?? ""]).isEmpty)
 
                 let client = try await FerryConnection.connect(FerryClientConfiguration(host: b.host, port: b.port, trustRootsFile: replicas.caFile, token: replicas.token))
                 defer { client.close() }
@@ -151,6 +152,7 @@ import Testing
             #expect(owners == [0, 0], "both jobs run on A")
             let stopped = await replicas.servers[0].stop()
             #expect(stopped.output.contains("job handed over"), "\(stopped.output.suffix(3000))")
+            #expect(leakedSecrets(in: stopped.output, secrets: [replicas.token, replicas.control.password ?? ""]).isEmpty)
 
             let handed = try await client.waitFor(writing.id, timeout: .seconds(60)) { $0.status.isTerminal }
             #expect(handed.status == .succeeded && handed.attempt == 1, "\(handed.status) \(handed.error)")
@@ -200,6 +202,29 @@ import Testing
         }
     }
 
+    /// Rolling restarts meet clients reconnecting: connections arrive on both listeners, from
+    /// threads of their own, while a replica's SIGTERM closes them. Each replica must exit 0
+    /// and say nothing of a crash. (A connection accepted just as its listener closes is never
+    /// handed to the serving loop; NIO trapped on it — "Deinited NIOAsyncWriter without
+    /// calling finish()" — once in a soak, and the servers now wrap connections so that such
+    /// a one is closed. The window is narrow: these rounds did not hit it before the change.)
+    @Test func connectionsArrivingAsTheListenersCloseNeverCrashAReplica() async throws {
+        try await Replicas.with(count: 1, instances: 0) { replicas in
+            for round in 0..<8 {
+                let replica = round == 0 ? replicas.servers[0] : try await replicas.startReplica(like: 0)
+                let opsPort = Int(replica.ready["opsURL"]?.split(separator: ":").last ?? "") ?? 0
+                // Threads of their own: blocking connects on the cooperative pool (two threads
+                // here) would starve the test's own awaits.
+                let flood = Flood(ports: [replica.port, opsPort, replica.port, opsPort])
+                try await Task.sleep(for: .milliseconds(200 + 50 * round))
+                let stopped = await replica.stop()
+                let opened = flood.stop()
+                #expect(opened > 0, "round \(round): no connection reached the replica")
+                #expect(stopped.status == 0 && !stopped.output.contains("crashed"), "round \(round): \(stopped.output.suffix(3000))")
+            }
+        }
+    }
+
     /// A stepping job's steps on its target, written by the first owner's backend and then by
     /// the next one's, never interleaved: every step written, and none of those the first
     /// owner finished written again. Only the step in flight at the hand-over (written, maybe,
@@ -225,5 +250,34 @@ import Testing
                 SELECT payload->>'status' FROM job_events WHERE job_id = \(UUID(uuidString: job.id)!) AND type = 'STATUS' ORDER BY seq
                 """, logger: logger).map { try $0.decode(String.self) }
         }
+    }
+}
+
+/// Threads that open and close loopback connections to `ports` as fast as they can, until
+/// stopped; `stop()` joins them and returns how many connections were opened.
+private final class Flood: Sendable {
+    private let running = Atomic<Bool>(true)
+    private let opened = Atomic<Int>(0)
+    private let done = DispatchGroup()
+
+    init(ports: [Int]) {
+        for port in ports {
+            done.enter()
+            Thread { [self] in
+                while running.load(ordering: .relaxed) {
+                    if let socket = try? RawSocket(port: port) {
+                        socket.close()
+                        opened.add(1, ordering: .relaxed)
+                    }
+                }
+                done.leave()
+            }.start()
+        }
+    }
+
+    func stop() -> Int {
+        running.store(false, ordering: .relaxed)
+        done.wait()
+        return opened.load(ordering: .relaxed)
     }
 }
